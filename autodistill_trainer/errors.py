@@ -20,7 +20,10 @@ class InvalidArchitectureError(ValueError):
 def closest_names(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """Return up to `n` candidates closest to `name` (for "did you mean" hints)."""
     candidates = list(candidates)
-    close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+    same_depth = [c for c in candidates if c.count(".") == name.count(".")]
+    close = difflib.get_close_matches(name, same_depth, n=n, cutoff=0.5) or difflib.get_close_matches(
+        name, candidates, n=n, cutoff=0.5
+    )
     if not close:
         # Fall back to candidates sharing the longest dotted prefix, so a misspelt layer index still helps.
         parts = name.split(".")

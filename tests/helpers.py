@@ -1,0 +1,34 @@
+"""Small datasets and models shared by tests (no network)."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import VOCAB_SIZE
+
+
+class RandomTextClassification(torch.utils.data.Dataset):
+    """Fixed-length random token sequences with padding at the end and a label that depends on the tokens."""
+
+    def __init__(self, n: int = 32, seq_len: int = 12, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.input_ids = torch.randint(1, VOCAB_SIZE, (n, seq_len), generator=g)
+        lengths = torch.randint(seq_len // 2, seq_len + 1, (n,), generator=g)
+        self.attention_mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+        self.input_ids = self.input_ids * self.attention_mask
+        self.labels = (self.input_ids[:, 0] % 2).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
+
+
+def mobilebert_block_mappings(layer: int, teacher_layer: int | None = None):
+    """The design's per-block mappings: attention maps (KL) and layer outputs (MSE)."""
+    t = layer if teacher_layer is None else teacher_layer
+    return [
+        (f"mobilebert.encoder.layer.{layer}.attention.self", "1", f"bert.encoder.layer.{t}.attention.self", "1"),
+        (f"mobilebert.encoder.layer.{layer}.output", f"bert.encoder.layer.{t}.output"),
+    ]
