@@ -225,7 +225,7 @@ def test_user_registered_loss_is_usable_by_name(bert_teacher, mobilebert_student
     [
         ([("mobilebert.encoder.layer.0.atention.self", "bert.encoder.layer.0.attention.self")], ["MSE"], None,
          "student has no module named 'mobilebert.encoder.layer.0.atention.self'"),
-        ([("classifier", "bert.encoder.layer.7.output")], ["MSE"], None, "Did you mean: 'bert.encoder.layer.0.output'"),
+        ([("classifier", "bert.encoder.layer.7.output")], ["MSE"], None, "Did you mean: 'bert.encoder.layer.1.output', 'bert.encoder.layer.0.output'"),
         ([("mobilebert.encoder.layer.0.attention.self", "5", "bert.encoder.layer.0.attention.self", "1")], ["KL"], None,
          "output index 5 does not exist; the module returns a tuple of 2 items"),
         ([("", "logitz", "", "logits")], ["KL"], None, "output key 'logitz' does not exist"),
