@@ -101,6 +101,8 @@ class IntermediateLayersKnowledgeDistillationLoss:
         temperature: softmax temperature for KL/CE on logits (the loss is scaled by T^2).
         add_origin_loss: whether the trainer adds the student's own loss (read by DistillationTrainer).
         probe_inputs: optional example batch for the set-up probe (defaults to random token ids).
+        matcher_seed: feature matcher ``i`` is initialised (PyTorch's default ``nn.Linear`` init) under
+            ``torch.manual_seed(matcher_seed + i)``, without touching the global random state.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
         temperature: float = 1.0,
         add_origin_loss: bool = False,
         probe_inputs: Mapping[str, torch.Tensor] | None = None,
+        matcher_seed: int = 42,
     ):
         self.student_model = student_model
         self.teacher_model = teacher_model
@@ -129,6 +132,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
             get_loss_class(loss_type)  # unknown names fail here, before any forward
         self.temperature = float(temperature)
         self.add_origin_loss = bool(add_origin_loss)
+        self.matcher_seed = int(matcher_seed)
         self.layer_output_process = [(m.student_process, m.teacher_process) for m in self.layer_mappings]
         self.loss_names = self._unique_names()
 
@@ -253,7 +257,10 @@ class IntermediateLayersKnowledgeDistillationLoss:
         if student.shape == teacher.shape:
             return
         if student.shape[:-1] == teacher.shape[:-1] and not is_attention_map:
-            self.feature_matchers[str(i)] = self.init_feature_matcher(student.shape[-1], teacher.shape[-1]).to(
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.matcher_seed + i)  # documented, reproducible initialisation
+                matcher = self.init_feature_matcher(student.shape[-1], teacher.shape[-1])
+            self.feature_matchers[str(i)] = matcher.to(
                 device=student.device, dtype=_model_dtype(self.student_model)
             )
             logger.info("%s: feature matcher Linear(%d, %d) added.", where, student.shape[-1], teacher.shape[-1])
@@ -304,12 +311,19 @@ class IntermediateLayersKnowledgeDistillationLoss:
         self.attention_mask = inputs.get("attention_mask")
         return outputs
 
-    def loss_cal(self, teacher_outputs: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def loss_cal(
+        self,
+        teacher_outputs: Sequence[torch.Tensor] | None = None,
+        scales: Mapping[str, float] | None = None,
+    ) -> torch.Tensor:
         """Weighted sum of the mapping losses on the features captured by the last forwards.
 
         Args:
             teacher_outputs: precomputed teacher features, one per mapping (e.g. from a cache); when
                 given, `teacher_model_forward` need not run.
+            scales: optional factor per kind of position a term averages over: ``"token"`` (terms
+                masked by the attention mask) or ``"sample"`` (per-sample terms such as logits). The
+                trainer uses it to turn micro-batch means into exact means over an accumulated batch.
 
         The unweighted value of each term is kept in `last_loss_terms` (detached) for logging.
         Captured features are dropped afterwards.
@@ -327,9 +341,12 @@ class IntermediateLayersKnowledgeDistillationLoss:
                 student, teacher = self._align_heads(i, student, teacher)
                 if str(i) in self.feature_matchers:
                     student = self.feature_matchers[str(i)](student)
-                loss = self.loss_funcs[i](student, teacher, position_mask(teacher, self.attention_mask))
+                mask = position_mask(teacher, self.attention_mask)
+                loss = self.loss_funcs[i](student, teacher, mask)
                 terms[self.loss_names[i]] = loss.detach()
                 weighted = self.loss_weights[i] * loss
+                if scales is not None:
+                    weighted = weighted * scales["token" if mask is not None else "sample"]
                 total = weighted if total is None else total + weighted
             self.last_loss_terms = terms
             return total
