@@ -1,0 +1,393 @@
+"""Reports of a search: results table (CSV + Markdown), Pareto plot (PNG) and a model card (README.md).
+
+A result row (one trial) looks like::
+
+    {"number": 0, "arch": {"num_hidden_layers": 6, ...}, "metrics": {"accuracy": 0.8, "latency": 2.1},
+     "params": 2_740_000, "flops": 123_000_000, "state": "COMPLETE", "duration_s": 95.0,
+     "failure_reason": None, "pareto": True}
+
+Latency is in milliseconds throughout.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_BASE_COLUMNS = ("number", "state")
+_TAIL_COLUMNS = ("params", "flops", "duration_s", "pareto", "failure_reason")
+_AXIS_LABELS = {
+    "latency": "Latency (ms)",
+    "latency_ms": "Latency (ms)",
+    "accuracy": "Accuracy",
+    "f1": "F1",
+    "params": "Parameters",
+    "flops": "FLOPs",
+}
+_PERCENT_METRICS = {"accuracy", "f1", "precision", "recall"}
+
+
+# --------------------------------------------------------------------------------------------------- formatting
+
+
+def _human_int(value: int) -> str:
+    """2_740_000 -> '2.74M'; small ints unchanged."""
+    for unit, scale, threshold in (("G", 1e9, 1e9), ("M", 1e6, 1e6), ("k", 1e3, 1e4)):
+        if abs(value) >= threshold:
+            return f"{value / scale:.3g}{unit}"
+    return str(value)
+
+
+def _fmt_md(value: Any, column: str = "") -> str:
+    """Human-readable cell for the Markdown table / model card."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, int):
+        return _human_int(value) if column in ("params", "flops") else str(value)
+    if isinstance(value, float):
+        if column == "duration_s":
+            return f"{value:.1f}"
+        if column in ("params", "flops") and value.is_integer():
+            return _human_int(int(value))
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.4g}" if abs(value) >= 1 else f"{value:.4f}"
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text
+
+
+def _fmt_csv(value: Any) -> Any:
+    """Machine-readable cell: floats to 6 significant digits, None empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, (dict, list, tuple)):
+        return repr(value)
+    return value
+
+
+def _flatten(rows: list[dict]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Flatten ``arch`` into ``arch.<key>`` and ``metrics`` into their own columns; ordered column list."""
+    arch_keys: list[str] = []
+    metric_keys: list[str] = []
+    extra_keys: list[str] = []
+    known = set(_BASE_COLUMNS) | set(_TAIL_COLUMNS) | {"arch", "metrics"}
+    flat_rows = []
+    for row in rows:
+        flat: dict[str, Any] = {}
+        for key in _BASE_COLUMNS + _TAIL_COLUMNS:
+            flat[key] = row.get(key)
+        for key, value in (row.get("arch") or {}).items():
+            if key not in arch_keys:
+                arch_keys.append(key)
+            flat[f"arch.{key}"] = value
+        for key, value in (row.get("metrics") or {}).items():
+            if key not in metric_keys:
+                metric_keys.append(key)
+            flat[key if key not in known else f"metric.{key}"] = value
+        for key, value in row.items():
+            if key not in known:
+                if key not in extra_keys:
+                    extra_keys.append(key)
+                flat[key] = value
+        flat_rows.append(flat)
+    metric_cols = [k if k not in known else f"metric.{k}" for k in metric_keys]
+    columns = (
+        list(_BASE_COLUMNS)
+        + metric_cols
+        + [k for k in ("params", "flops") if any(r.get(k) is not None for r in rows)]
+        + [f"arch.{k}" for k in arch_keys]
+        + [k for k in ("duration_s",) if any(r.get(k) is not None for r in rows)]
+        + (["pareto"] if any("pareto" in r for r in rows) else [])
+        + extra_keys
+        + (["failure_reason"] if any(r.get("failure_reason") for r in rows) else [])
+    )
+    return columns, flat_rows
+
+
+# --------------------------------------------------------------------------------------------------- table
+
+
+def write_results_table(rows: list[dict], output_dir: PathLike) -> tuple[Path, Path]:
+    """Write ``search_results.csv`` and ``search_results.md`` (one line per trial, sorted by trial number).
+
+    ``arch`` entries become ``arch.<key>`` columns and ``metrics`` entries their own columns (``accuracy``,
+    ``latency`` in ms, ...). The CSV keeps 6 significant digits; the Markdown table is formatted for reading
+    (params/FLOPs as 2.74M, accuracies to 4 decimals).
+
+    Returns:
+        ``(csv_path, markdown_path)``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: (r.get("number") is None, r.get("number", 0)))
+    columns, flat_rows = _flatten(rows)
+
+    csv_path = output_dir / "search_results.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for flat in flat_rows:
+            writer.writerow({c: _fmt_csv(flat.get(c)) for c in columns})
+
+    md_path = output_dir / "search_results.md"
+    headers = [c.removeprefix("arch.") if c.startswith("arch.") else c for c in columns]
+    headers = [h if headers.count(h) == 1 else c for h, c in zip(headers, columns)]
+    headers = [f"{h} (ms)" if h in ("latency", "latency_ms") and "(ms)" not in h else h for h in headers]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---:" if c not in ("state", "failure_reason") else "---" for c in columns) + "|",
+    ]
+    for flat in flat_rows:
+        lines.append("| " + " | ".join(_fmt_md(flat.get(c), c) for c in columns) + " |")
+    complete = sum(1 for r in rows if r.get("state") == "COMPLETE")
+    lines += ["", f"{len(rows)} trials, {complete} completed. Latency in ms."]
+    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    logger.info("Wrote search results (%d rows) to %s and %s", len(rows), csv_path, md_path)
+    return csv_path, md_path
+
+
+# --------------------------------------------------------------------------------------------------- Pareto plot
+
+
+def _pareto_numbers(points: list[tuple[int, float, float]], minimize_x: bool = True, maximize_y: bool = True) -> set:
+    """Trial numbers of the non-dominated points (x minimised, y maximised by default)."""
+    sx = 1 if minimize_x else -1
+    sy = -1 if maximize_y else 1
+    front = set()
+    for n, x, y in points:
+        dominated = any(
+            (sx * x2 <= sx * x and sy * y2 <= sy * y) and (sx * x2 < sx * x or sy * y2 < sy * y)
+            for _, x2, y2 in points
+        )
+        if not dominated:
+            front.add(n)
+    return front
+
+
+def _axis_label(metric: str) -> str:
+    return _AXIS_LABELS.get(metric, metric.replace("_", " ").capitalize())
+
+
+def _reference_point(ref: Optional[dict], x_metric: str, y_metric: str) -> Optional[tuple[float, float, str]]:
+    """A teacher/baseline dict: either flat {x_metric:.., y_metric:.., "label":..} or {"metrics": {...}}."""
+    if not ref:
+        return None
+    values = ref.get("metrics", ref)
+    if values.get(x_metric) is None or values.get(y_metric) is None:
+        logger.warning("Reference point %s lacks %s or %s; not plotted.", ref, x_metric, y_metric)
+        return None
+    return float(values[x_metric]), float(values[y_metric]), str(ref.get("label", ""))
+
+
+def plot_pareto_front(
+    rows: list[dict],
+    output_path: PathLike,
+    x_metric: str = "latency",
+    y_metric: str = "accuracy",
+    pareto_numbers: Optional[Iterable[int]] = None,
+    teacher: Optional[dict] = None,
+    baseline: Optional[dict] = None,
+) -> Path:
+    """Plot every completed trial (x: ``x_metric``, y: ``y_metric``) and its Pareto front; save a PNG.
+
+    Args:
+        rows: result rows (see the module docstring); only ``state == "COMPLETE"`` rows with both metrics are drawn.
+        pareto_numbers: trial numbers on the front. Default: rows with ``pareto=True``, or else computed here
+            (``x_metric`` minimised, ``y_metric`` maximised).
+        teacher: ``{"latency": 18.6, "accuracy": 0.852, "label": "teacher (MiniLM-L6)"}`` (or with a nested
+            ``"metrics"`` dict) drawn as a labelled star.
+        baseline: the same for a student trained without distillation, drawn as a labelled diamond.
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    points = []
+    for row in rows:
+        m = row.get("metrics") or {}
+        if row.get("state", "COMPLETE") == "COMPLETE" and m.get(x_metric) is not None and m.get(y_metric) is not None:
+            points.append((row.get("number"), float(m[x_metric]), float(m[y_metric])))
+    if pareto_numbers is not None:
+        front_ids = set(pareto_numbers)
+    elif any("pareto" in r for r in rows):
+        front_ids = {r.get("number") for r in rows if r.get("pareto")}
+    else:
+        front_ids = _pareto_numbers(points)
+    front = sorted((p for p in points if p[0] in front_ids), key=lambda p: (p[1], p[2]))
+    others = [p for p in points if p[0] not in front_ids]
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    if others:
+        ax.scatter([p[1] for p in others], [p[2] for p in others], s=30, color="tab:gray", alpha=0.6,
+                   label=f"trials ({len(points)} completed)", zorder=2)
+    if front:
+        ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="tab:blue", linewidth=1.5,
+                alpha=0.8, zorder=3)
+        ax.scatter([p[1] for p in front], [p[2] for p in front], s=60, color="tab:blue", edgecolor="black",
+                   label=f"Pareto front ({len(front)})", zorder=4)
+        for n, x, y in front:
+            ax.annotate(f"#{n}", (x, y), textcoords="offset points", xytext=(5, -11), fontsize=8, color="tab:blue")
+    for ref, marker, color, default_label in ((teacher, "*", "tab:red", "teacher"),
+                                              (baseline, "D", "tab:green", "baseline (no distillation)")):
+        point = _reference_point(ref, x_metric, y_metric)
+        if point is None:
+            continue
+        x, y, label = point
+        label = label or default_label
+        ax.scatter([x], [y], marker=marker, s=220 if marker == "*" else 80, color=color, edgecolor="black",
+                   label=label, zorder=5)
+        is_teacher = marker == "*"  # the teacher is usually the slowest point: label it on its left
+        ax.annotate(default_label.split(" ")[0], (x, y), textcoords="offset points",
+                    xytext=(-9, 7) if is_teacher else (7, 7), ha="right" if is_teacher else "left",
+                    fontsize=9, color=color)
+
+    ax.set_xlabel(_axis_label(x_metric))
+    ax.set_ylabel(_axis_label(y_metric))
+    all_y = [p[2] for p in points] + [pt[1] for pt in (_reference_point(r, x_metric, y_metric)
+                                                        for r in (teacher, baseline)) if pt]
+    if y_metric in _PERCENT_METRICS and all_y and max(all_y) <= 1.0:
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_title(f"Architecture search: {_axis_label(y_metric).lower()} vs {_axis_label(x_metric).lower()}")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.08, y=0.1)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=9)
+    if not points:
+        ax.text(0.5, 0.5, "no completed trials", transform=ax.transAxes, ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(output_path, format="png")
+    plt.close(fig)
+    logger.info("Wrote Pareto plot (%d trials, %d on the front) to %s", len(points), len(front), output_path)
+    return output_path
+
+
+# --------------------------------------------------------------------------------------------------- model card
+
+
+def _metric_row(name: str, student: Any, teacher: Any) -> str:
+    label = {"latency": "latency (ms)", "latency_ms": "latency (ms)"}.get(name, name)
+    column = "params" if name in ("params", "flops") else name
+    return f"| {label} | {_fmt_md(student, column)} | {_fmt_md(teacher, column)} |"
+
+
+def write_model_card(
+    output_dir: PathLike,
+    arch: dict,
+    metrics: dict,
+    teacher_metrics: Optional[dict],
+    search_summary: dict,
+    base_model: Optional[str],
+    model_id: Optional[str] = None,
+) -> Path:
+    """Write ``README.md`` (a Hugging Face model card) for the distilled student in ``output_dir``.
+
+    Args:
+        arch: the student's architecture parameters (e.g. ``num_hidden_layers``, ``hidden_size``...).
+        metrics: the student's metrics: ``accuracy`` (fraction), ``latency`` (ms), ``params``, optionally ``f1``,
+            ``flops``...
+        teacher_metrics: the same for the teacher, or None.
+        search_summary: how it was found, e.g. ``{"algorithm": "BO", "n_trials": 20, "completed": 18,
+            "objectives": {"accuracy": "maximize", "latency": "minimize"}, "recipe": "recipes/demo.yaml",
+            "dataset": "rotten_tomatoes_demo", "distillation": "flash + regular"}``; other keys are listed as well.
+        base_model: the teacher's id or path (goes to the ``base_model`` metadata), or None.
+        model_id: the id or path to show in the usage snippet (default: ``output_dir``).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_ref = model_id or str(output_dir)
+
+    front = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:",
+             "- distillation", "- mobilebert", "- autodistill-trainer"]
+    if base_model:
+        front.append(f"base_model: {base_model}")
+    front.append("---")
+
+    lines = front + ["", "# Distilled MobileBERT student", ""]
+    lines.append(
+        "A MobileBERT-style student found by a multi-objective architecture search and trained by knowledge "
+        "distillation" + (f" from `{base_model}`" if base_model else "") + " with "
+        "autodistill-trainer (a Hugging Face `Trainer` extension)."
+    )
+
+    lines += ["", "## Results", ""]
+    teacher_metrics = teacher_metrics or {}
+    names = list(metrics) + [k for k in teacher_metrics if k not in metrics]
+    lines += ["| metric | student | teacher |", "|---|---:|---:|"]
+    lines += [_metric_row(n, metrics.get(n), teacher_metrics.get(n)) for n in names]
+    s_lat = metrics.get("latency", metrics.get("latency_ms"))
+    t_lat = teacher_metrics.get("latency", teacher_metrics.get("latency_ms"))
+    notes = []
+    if s_lat and t_lat:
+        notes.append(f"- Speed-up over the teacher: **{float(t_lat) / float(s_lat):.1f}x** (latency ratio).")
+    if metrics.get("params") and teacher_metrics.get("params"):
+        notes.append(f"- Size: {float(metrics['params']) / float(teacher_metrics['params']):.1%} of the teacher's "
+                     "parameters.")
+    if metrics.get("accuracy") is not None and teacher_metrics.get("accuracy"):
+        notes.append(f"- Accuracy retained: {float(metrics['accuracy']) / float(teacher_metrics['accuracy']):.1%} "
+                     "of the teacher's.")
+    if notes:
+        lines += [""] + notes
+    if search_summary.get("latency_protocol"):
+        lines += ["", f"Latency protocol: {search_summary['latency_protocol']}."]
+
+    lines += ["", "## Architecture", "", "| parameter | value |", "|---|---:|"]
+    lines += [f"| {k} | {_fmt_md(v)} |" for k, v in arch.items()]
+
+    lines += ["", "## How it was found", ""]
+    described = {
+        "algorithm": "Search algorithm",
+        "n_trials": "Trials",
+        "completed": "Completed trials",
+        "objectives": "Objectives",
+        "recipe": "Recipe",
+        "dataset": "Data set",
+        "distillation": "Distillation",
+        "best_trial": "Selected trial",
+    }
+    for key, title in described.items():
+        if key in search_summary:
+            value = search_summary[key]
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}: {v}" for k, v in value.items())
+            elif isinstance(value, (list, tuple)):
+                value = ", ".join(str(v) for v in value)
+            lines.append(f"- {title}: {'`' + str(value) + '`' if key == 'recipe' else value}")
+    for key, value in search_summary.items():
+        if key not in described and key != "latency_protocol":
+            lines.append(f"- {key.replace('_', ' ')}: {value}")
+
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classifier = pipeline("text-classification", model="{model_ref}")',
+        'print(classifier("A gripping, beautifully acted film."))',
+        "```",
+        "",
+    ]
+    path = output_dir / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    logger.info("Wrote model card to %s", path)
+    return path
