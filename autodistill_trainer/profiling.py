@@ -1,0 +1,337 @@
+"""Latency protocol and cheap model metrics (parameters, FLOPs).
+
+The search measures these "cheap objectives" right after building a student and before training it.
+Latency follows one fixed protocol (see :func:`measure_latency`) so numbers are comparable across
+trials; it is never derived from evaluation throughput.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LatencyResult",
+    "measure_latency",
+    "count_parameters",
+    "count_flops",
+    "profile_model",
+    "dummy_inputs",
+]
+
+#: Seed of the generator that draws dummy token ids (fixed so every call sees the same batch).
+DUMMY_INPUT_SEED = 0
+
+
+@dataclass
+class LatencyResult:
+    """Result of one :func:`measure_latency` call. Times are per forward pass, in milliseconds.
+
+    ``median_ms`` is the headline number. ``cv`` is ``std_ms / mean_ms`` over the ``repeats`` timed
+    samples of this call. ``samples_ms`` holds each sample (already divided by ``inner_loops``, the
+    number of forward passes each sample timed). ``timer`` is ``"wall"`` (``time.perf_counter``) or
+    ``"thread_cpu"`` (``time.thread_time``), see :func:`measure_latency`.
+    """
+
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    cv: float
+    min_ms: float
+    repeats: int
+    batch_size: int
+    seq_length: int
+    num_threads: int
+    device: str
+    inner_loops: int = 1
+    timer: str = "wall"
+    samples_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of all fields (JSON-serializable)."""
+        return asdict(self)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _forward_accepts(model: nn.Module, name: str) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params
+
+
+def dummy_inputs(
+    model: nn.Module,
+    batch_size: int = 1,
+    seq_length: int = 64,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """A deterministic dummy batch for a Transformers model, built from ``model.config``.
+
+    ``input_ids`` are drawn uniformly in ``[0, vocab_size)`` with a fixed seed, ``attention_mask`` is all
+    ones, and ``token_type_ids`` (zeros) is added only when the model's ``forward`` takes it.
+    """
+    config = getattr(model, "config", None)
+    vocab_size = getattr(config, "vocab_size", None)
+    if vocab_size is None:
+        raise ValueError(
+            f"Cannot build a dummy batch for {type(model).__name__}: it has no `config.vocab_size`; pass `inputs=`."
+        )
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos is not None and seq_length > max_pos:
+        raise ValueError(f"seq_length={seq_length} exceeds the model's max_position_embeddings={max_pos}.")
+    device = torch.device(device) if device is not None else _model_device(model)
+    generator = torch.Generator().manual_seed(DUMMY_INPUT_SEED)
+    input_ids = torch.randint(0, vocab_size, (batch_size, seq_length), generator=generator)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones(batch_size, seq_length, dtype=torch.long)}
+    if _forward_accepts(model, "token_type_ids"):
+        batch["token_type_ids"] = torch.zeros(batch_size, seq_length, dtype=torch.long)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _move(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, Mapping):
+        return {k: _move(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_move(v, device) for v in inputs)
+    return inputs
+
+
+def _prepare_inputs(model, batch_size, seq_length, inputs, device) -> Any:
+    if inputs is None:
+        return dummy_inputs(model, batch_size, seq_length, device)
+    return _move(inputs, device)
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _shape_of(inputs: Any, batch_size: int, seq_length: int) -> tuple[int, int]:
+    """Best-effort (batch, sequence) of user-given inputs, for the record."""
+    first = inputs
+    if isinstance(inputs, Mapping):
+        first = inputs.get("input_ids", next(iter(inputs.values()), None))
+    elif isinstance(inputs, (tuple, list)) and inputs:
+        first = inputs[0]
+    if isinstance(first, torch.Tensor) and first.dim() >= 1:
+        return int(first.shape[0]), int(first.shape[1]) if first.dim() >= 2 else 1
+    return batch_size, seq_length
+
+
+def measure_latency(
+    model: nn.Module,
+    batch_size: int = 1,
+    seq_length: int = 64,
+    num_threads: int | None = 1,
+    warmup: int = 10,
+    repeats: int = 30,
+    device: torch.device | str | None = None,
+    inputs: Any = None,
+    min_sample_ms: float = 20.0,
+    max_inner_loops: int = 1000,
+    timer: str = "auto",
+) -> LatencyResult:
+    """Measure the forward latency of ``model`` with a fixed protocol.
+
+    Protocol:
+
+    1. Inputs: ``inputs`` if given (a dict of keyword tensors, a tuple of positional tensors or one tensor),
+       else :func:`dummy_inputs` (``batch_size`` x ``seq_length`` random token ids, all-ones mask).
+    2. ``model.eval()`` (its previous training mode is restored afterwards) and ``torch.inference_mode()``.
+    3. ``torch.set_num_threads(num_threads)`` for the measurement; the previous count is restored after
+       (``num_threads=None`` keeps the current count, and that count is recorded).
+    4. ``warmup`` untimed forward passes.
+    5. Calibration: the number of forward passes per sample (``inner_loops``) is doubled until one sample
+       lasts at least ``min_sample_ms`` (capped at ``max_inner_loops``), which lowers timer and scheduler noise.
+    6. ``repeats`` timed samples; on CUDA ``torch.cuda.synchronize`` runs before starting and before stopping
+       the clock. The garbage collector is paused while timing.
+    7. Per-forward time of each sample = sample time / ``inner_loops``; the median is the headline number.
+
+    ``timer``: ``"wall"`` uses ``time.perf_counter``. ``"thread_cpu"`` uses ``time.thread_time``, the CPU time
+    of the calling thread: with one intra-op thread on CPU all of the forward runs in that thread, so on a
+    dedicated core it equals the wall latency, but it does not count time the thread was preempted by other
+    processes. On a shared 2-core machine this took the across-call CV of the median from ~30% (wall) to
+    ~2-5%. ``"auto"`` (default) picks ``"thread_cpu"`` on CPU with one thread and ``"wall"`` otherwise
+    (several threads, CUDA). ``"thread_cpu"`` is refused for CUDA or more than one thread, where it would
+    not measure the forward.
+
+    When ``device`` is given the model is moved there (in place).
+    """
+    if timer not in ("auto", "wall", "thread_cpu"):
+        raise ValueError(f"timer must be 'auto', 'wall' or 'thread_cpu', got {timer!r}.")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}.")
+    if device is not None:
+        model.to(device)
+    dev = _model_device(model)
+    batch = _prepare_inputs(model, batch_size, seq_length, inputs, dev)
+    if inputs is not None:
+        batch_size, seq_length = _shape_of(batch, batch_size, seq_length)
+    cuda = dev.type == "cuda"
+    single_cpu_thread = dev.type == "cpu" and (
+        num_threads == 1 if num_threads is not None else torch.get_num_threads() == 1
+    )
+    if timer == "auto":
+        timer = "thread_cpu" if single_cpu_thread else "wall"
+    elif timer == "thread_cpu" and not single_cpu_thread:
+        raise ValueError("timer='thread_cpu' needs a CPU model measured with num_threads=1; use timer='wall'.")
+    clock = time.thread_time if timer == "thread_cpu" else time.perf_counter
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def timed(loops: int) -> float:
+        sync()
+        start = clock()
+        for _ in range(loops):
+            _call(model, batch)
+        sync()
+        return clock() - start
+
+    previous_threads = torch.get_num_threads()
+    was_training = model.training
+    gc_was_enabled = gc.isenabled()
+    try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        used_threads = torch.get_num_threads()
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(warmup):
+                _call(model, batch)
+            sync()
+            inner_loops = 1
+            while True:
+                elapsed = timed(inner_loops)
+                if elapsed * 1000.0 >= min_sample_ms or inner_loops >= max_inner_loops:
+                    break
+                # Jump close to the target instead of only doubling when the first sample is very short.
+                guess = int(inner_loops * min_sample_ms / max(elapsed * 1000.0, 1e-6) * 1.1) + 1
+                inner_loops = min(max_inner_loops, max(inner_loops * 2, guess))
+            gc.collect()
+            gc.disable()
+            samples = [timed(inner_loops) * 1000.0 / inner_loops for _ in range(repeats)]
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        torch.set_num_threads(previous_threads)
+        model.train(was_training)
+
+    mean = statistics.fmean(samples)
+    std = statistics.pstdev(samples) if len(samples) > 1 else 0.0
+    result = LatencyResult(
+        median_ms=statistics.median(samples),
+        mean_ms=mean,
+        std_ms=std,
+        cv=std / mean if mean > 0 else math.nan,
+        min_ms=min(samples),
+        repeats=repeats,
+        batch_size=batch_size,
+        seq_length=seq_length,
+        num_threads=used_threads,
+        device=str(dev),
+        inner_loops=inner_loops,
+        timer=timer,
+        samples_ms=samples,
+    )
+    logger.debug(
+        "latency %s: median %.3f ms (cv %.3f, %d x %d loops, %d threads, %s timer)",
+        type(model).__name__, result.median_ms, result.cv, repeats, inner_loops, used_threads, timer,
+    )
+    return result
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements; shared (tied) parameters are counted once.
+
+    With ``trainable_only`` only parameters with ``requires_grad`` are counted.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(
+    model: nn.Module,
+    batch_size: int = 1,
+    seq_length: int = 64,
+    inputs: Any = None,
+) -> int:
+    """FLOPs of one forward pass, counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    Uses the same inputs as :func:`measure_latency` (the dummy batch unless ``inputs`` is given). The
+    counter's convention: a matmul of (M x K) by (K x N) is ``2*M*N*K`` FLOPs; element-wise ops, softmax,
+    normalization and embedding lookups count zero. Runs under ``torch.no_grad()`` in eval mode (the
+    previous training mode is restored).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = _prepare_inputs(model, batch_size, seq_length, inputs, _model_device(model))
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            _call(model, batch)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def profile_model(
+    model: nn.Module,
+    batch_size: int = 1,
+    seq_length: int = 64,
+    num_threads: int | None = 1,
+    warmup: int = 10,
+    repeats: int = 30,
+    **latency_kwargs: Any,
+) -> dict[str, float | int]:
+    """The search's cheap objectives for a freshly built model.
+
+    Returns ``{"params": int, "flops": int, "latency": float, "latency_cv": float}`` where ``latency`` is the
+    median forward time in milliseconds from :func:`measure_latency` and ``latency_cv`` the coefficient of
+    variation of its samples. Extra keyword arguments go to :func:`measure_latency`.
+    """
+    latency = measure_latency(
+        model,
+        batch_size=batch_size,
+        seq_length=seq_length,
+        num_threads=num_threads,
+        warmup=warmup,
+        repeats=repeats,
+        **latency_kwargs,
+    )
+    return {
+        "params": count_parameters(model),
+        "flops": count_flops(model, batch_size=batch_size, seq_length=seq_length, inputs=latency_kwargs.get("inputs")),
+        "latency": float(latency.median_ms),
+        "latency_cv": float(latency.cv),
+    }
