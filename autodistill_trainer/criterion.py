@@ -82,7 +82,8 @@ class IntermediateLayersKnowledgeDistillationLoss:
       otherwise both sides are averaged to one map. Never a random projection;
     * width mismatch (same shape but the last dimension) gets a trainable ``nn.Linear(student_dim,
       teacher_dim)`` feature matcher in `feature_matchers` (a ``ModuleDict`` keyed by mapping index),
-      applied to the student feature. :class:`~autodistill_trainer.DistillationTrainer` attaches it
+      applied to the student feature by the capture hook, i.e. inside the student's forward (so DDP
+      sees the matcher used in forward). :class:`~autodistill_trainer.DistillationTrainer` attaches it
       to the student during training so that the optimizer, DDP and checkpoints see it, and removes
       it before exporting the student. Used on its own, add ``criterion.feature_matchers.parameters()``
       to your optimizer.
@@ -263,6 +264,10 @@ class IntermediateLayersKnowledgeDistillationLoss:
             self.feature_matchers[str(i)] = matcher.to(
                 device=student.device, dtype=_model_dtype(self.student_model)
             )
+            mapping = self.layer_mappings[i]
+            self._student_capture.add_transform(
+                mapping.student_layer, mapping.student_process, ("matched", i), self.feature_matchers[str(i)]
+            )
             logger.info("%s: feature matcher Linear(%d, %d) added.", where, student.shape[-1], teacher.shape[-1])
             return
         raise ConfigError(
@@ -332,15 +337,16 @@ class IntermediateLayersKnowledgeDistillationLoss:
             total = None
             terms: dict[str, torch.Tensor] = {}
             for i, mapping in enumerate(self.layer_mappings):
-                student = self._student_capture.get(mapping.student_layer, mapping.student_process)
+                if str(i) in self.feature_matchers:
+                    student = self._student_capture.features[("matched", i)]  # matched inside the forward
+                else:
+                    student = self._student_capture.get(mapping.student_layer, mapping.student_process)
                 if teacher_outputs is not None:
                     teacher = teacher_outputs[i]
                 else:
                     teacher = self._teacher_capture.get(mapping.teacher_layer, mapping.teacher_process)
                 teacher = teacher.to(device=student.device, dtype=student.dtype)
                 student, teacher = self._align_heads(i, student, teacher)
-                if str(i) in self.feature_matchers:
-                    student = self.feature_matchers[str(i)](student)
                 mask = position_mask(teacher, self.attention_mask)
                 loss = self.loss_funcs[i](student, teacher, mask)
                 terms[self.loss_names[i]] = loss.detach()

@@ -86,7 +86,8 @@ class FeatureCapture:
     def __init__(self, model: nn.Module, layers: Iterable[tuple[str, OutputProcess]], role: str = "model"):
         self.model = model
         self.role = role
-        self.features: dict[tuple[str, str], torch.Tensor | None] = {}
+        self.features: dict[Any, torch.Tensor | None] = {}
+        self._transforms: dict[tuple[str, str], list[tuple[Any, Callable[[torch.Tensor], torch.Tensor]]]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         by_module: dict[str, list[OutputProcess]] = {}
         for name, process in layers:
@@ -106,9 +107,22 @@ class FeatureCapture:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             for process in processes:
                 where = f"{self.role} layer {name!r}" + (f" process {process!r}" if process not in (None, "") else "")
-                self.features[self.key(name, process)] = select_output(output, process, where)
+                key = self.key(name, process)
+                value = self.features[key] = select_output(output, process, where)
+                for out_key, transform in self._transforms.get(key, ()):
+                    self.features[out_key] = transform(value)
 
         return hook
+
+    def add_transform(
+        self, name: str, process: OutputProcess, out_key: Any, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        """Also store ``transform(feature)`` under `out_key` at capture time.
+
+        The transform runs inside the model's forward, so modules it uses (e.g. feature matchers
+        attached to a DDP-wrapped student) take part in that forward like any other parameter.
+        """
+        self._transforms.setdefault(self.key(name, process), []).append((out_key, transform))
 
     def get(self, name: str, process: OutputProcess) -> torch.Tensor | None:
         """The latest captured feature of (name, process); raises if the module did not run."""

@@ -108,6 +108,11 @@ class DistillationTrainer(Trainer):
         elif criterion.student_model is not model or criterion.teacher_model is not teacher_model:
             raise ConfigError("criterion was built on other models than model/teacher_model.")
         self.criterion = criterion
+        if args is not None and getattr(args, "ddp_find_unused_parameters", None) is None:
+            # Matchers are used in the forward but their outputs are not in the model's outputs, which
+            # DDP's unused-parameter search would count as unused: every trainable parameter gets a
+            # gradient in distillation, so the search is not needed.
+            args.ddp_find_unused_parameters = False
         self._attach_matchers(model)  # before the Trainer places the model, so matchers move with it
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)

@@ -163,7 +163,8 @@ def test_features_do_not_outlive_a_step_and_hooks_can_be_removed(bert_teacher, m
     batch = random_batch()
     mobilebert_student(**batch)
     criterion.teacher_model_forward(batch)
-    assert len(criterion.student_features) == 2 and len(criterion.teacher_features) == 2
+    # two raw student features plus the matched (Linear 16 -> 32) layer output
+    assert len(criterion.student_features) == 3 and len(criterion.teacher_features) == 2
     criterion.loss_cal()
     assert criterion.student_features == {} and criterion.teacher_features == {}
     criterion.remove_hooks()
