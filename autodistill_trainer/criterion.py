@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from typing import Any, Mapping, Sequence
@@ -371,6 +372,16 @@ class IntermediateLayersKnowledgeDistillationLoss:
         """Drop captured features and the recorded attention mask (e.g. after an evaluation forward)."""
         self._clear()
         self.attention_mask = None
+
+    @contextlib.contextmanager
+    def suspended(self):
+        """Context in which the hooks capture nothing (e.g. while other criteria train the same student)."""
+        previous = (self._student_capture.enabled, self._teacher_capture.enabled)
+        self._student_capture.enabled = self._teacher_capture.enabled = False
+        try:
+            yield self
+        finally:
+            self._student_capture.enabled, self._teacher_capture.enabled = previous
 
     def remove_hooks(self) -> None:
         """Remove all hooks and restore the attention dropout that set-up turned off."""

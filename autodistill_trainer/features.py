@@ -86,6 +86,7 @@ class FeatureCapture:
     def __init__(self, model: nn.Module, layers: Iterable[tuple[str, OutputProcess]], role: str = "model"):
         self.model = model
         self.role = role
+        self.enabled = True
         self.features: dict[Any, torch.Tensor | None] = {}
         self._transforms: dict[tuple[str, str], list[tuple[Any, Callable[[torch.Tensor], torch.Tensor]]]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -105,6 +106,8 @@ class FeatureCapture:
 
     def _make_hook(self, name: str, processes: list[OutputProcess]):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not self.enabled:
+                return
             for process in processes:
                 where = f"{self.role} layer {name!r}" + (f" process {process!r}" if process not in (None, "") else "")
                 key = self.key(name, process)

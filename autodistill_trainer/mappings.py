@@ -30,8 +30,10 @@ class LayerMapping:
     def name(self) -> str:
         """A short readable name, used in logs: the student layer plus its process."""
         process = self.student_process
-        suffix = "" if process in (None, "") else f"[{process if isinstance(process, (str, int)) else 'fn'}]"
-        return f"{self.student_layer}{suffix}"
+        shown = process if isinstance(process, (str, int)) else "fn"
+        if not self.student_layer:
+            return str(shown) if process not in (None, "") else "output"
+        return self.student_layer if process in (None, "") else f"{self.student_layer}[{shown}]"
 
 
 def _check_layer(value: Any, where: str) -> str:

@@ -79,6 +79,8 @@ class DistillationTrainer(Trainer):
         criterion: an :class:`IntermediateLayersKnowledgeDistillationLoss` built on this student and
             teacher, or a dict for :func:`build_criterion`; default :data:`DEFAULT_CRITERION`.
         teacher_dtype: optional dtype for the teacher (``torch.float16``, ``"bfloat16"``...).
+        learning_rate_scales: optional ``{module prefix: multiplier}``; parameters under a prefix (exact
+            module-prefix match) train at ``learning_rate * multiplier`` (MobileBERT's soft freeze).
         Other arguments are those of `transformers.Trainer`.
     """
 
@@ -92,6 +94,7 @@ class DistillationTrainer(Trainer):
         teacher_model: nn.Module | None = None,
         criterion: IntermediateLayersKnowledgeDistillationLoss | Mapping[str, Any] | None = None,
         teacher_dtype: torch.dtype | str | None = None,
+        learning_rate_scales: Mapping[str, float] | None = None,
         **trainer_kwargs: Any,
     ):
         if model is None or teacher_model is None:
@@ -108,6 +111,7 @@ class DistillationTrainer(Trainer):
         elif criterion.student_model is not model or criterion.teacher_model is not teacher_model:
             raise ConfigError("criterion was built on other models than model/teacher_model.")
         self.criterion = criterion
+        self.learning_rate_scales = dict(learning_rate_scales or {})
         if args is not None and getattr(args, "ddp_find_unused_parameters", None) is None:
             # Matchers are used in the forward but their outputs are not in the model's outputs, which
             # DDP's unused-parameter search would count as unused: every trainable parameter gets a
@@ -160,6 +164,52 @@ class DistillationTrainer(Trainer):
             return super().save_model(output_dir, _internal_call=True)
         with self.matchers_detached():
             super().save_model(output_dir, _internal_call=False)
+
+    def create_optimizer(self, model=None):
+        """`Trainer.create_optimizer`, then split parameter groups by `learning_rate_scales`."""
+        optimizer = super().create_optimizer(model)
+        if not self.learning_rate_scales:
+            return optimizer
+        names = {id(p): n for n, p in (model or self.model).named_parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            by_scale: dict[float, list] = {}
+            for p in group["params"]:
+                by_scale.setdefault(self._lr_scale(names.get(id(p), "")), []).append(p)
+            for scale, params in by_scale.items():
+                groups.append({**group, "params": params, "lr": group["lr"] * scale})
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.param_groups.append(group)
+        return optimizer
+
+    def _lr_scale(self, name: str) -> float:
+        name = name.removeprefix("module.")
+        for prefix, scale in self.learning_rate_scales.items():
+            if name == prefix or name.startswith(prefix + "."):
+                return float(scale)
+        return 1.0
+
+    # ------------------------------------------------------------------ schedules
+    def distill(self, flash_distillation: Any = None, regular_distillation: Any = None) -> list:
+        """Run flash distillation (block by block) then regular distillation on this trainer's student.
+
+        Uses this trainer's teacher, arguments, train dataset, collator and processing class; each stage
+        is a fresh DistillationTrainer with its own criterion, optimizer and scheduler (see
+        :func:`autodistill_trainer.schedule.run_distillation` for the accepted config forms). This
+        trainer's own criterion captures nothing meanwhile. Returns one
+        :class:`~autodistill_trainer.schedule.StageResult` per stage (losses, steps, time).
+        """
+        from .schedule import run_distillation
+
+        student = self.accelerator.unwrap_model(self.model)
+        self._detach_matchers()
+        with self.criterion.suspended():
+            return run_distillation(
+                student, self.teacher_model, self.args, self.train_dataset,
+                flash_distillation=flash_distillation, regular_distillation=regular_distillation,
+                data_collator=self.data_collator, processing_class=self.processing_class,
+            )
 
     # ------------------------------------------------------------------ loss
     def compute_loss(
