@@ -325,3 +325,40 @@ def enumerate_valid_architectures(
         else:
             valid.append(arch)
     return valid, invalid
+
+
+_PCA_CACHE: dict[tuple[int, int], Any] = {}
+
+
+def init_embeddings_from_teacher(student: Any, teacher: Any) -> bool:
+    """Initialise the student's word embeddings from the teacher's, projected by PCA to the student's width.
+
+    Only when both share the vocabulary (same number of rows). The projection (top principal directions
+    of the centred teacher embeddings, rescaled to the teacher's per-dimension standard deviation) is
+    computed once per (teacher, width) and reused by every trial. Returns whether it was applied.
+    """
+    import torch
+
+    s_emb, t_emb = student.get_input_embeddings(), teacher.get_input_embeddings()
+    if s_emb is None or t_emb is None or s_emb.weight.shape[0] != t_emb.weight.shape[0]:
+        logger.info("word embeddings not initialised from the teacher: the vocabularies differ")
+        return False
+    width = s_emb.weight.shape[1]
+    key = (id(teacher), width)
+    if key not in _PCA_CACHE:
+        weight = t_emb.weight.detach().float().cpu()
+        centred = weight - weight.mean(0, keepdim=True)
+        if width >= weight.shape[1]:
+            projected = torch.nn.functional.pad(centred, (0, width - weight.shape[1]))
+        else:
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(0)
+            _, _, v = torch.pca_lowrank(centred, q=width, center=False, niter=4)
+            torch.random.set_rng_state(generator_state)
+            projected = centred @ v[:, :width]
+            projected = projected / projected.std(0, keepdim=True).clamp_min(1e-6) * weight.std()
+        _PCA_CACHE.clear()
+        _PCA_CACHE[key] = projected
+    with torch.no_grad():
+        s_emb.weight.copy_(_PCA_CACHE[key].to(s_emb.weight.dtype))
+    return True

