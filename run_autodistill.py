@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from autodistill_trainer.profiling import profile_model
     from autodistill_trainer.report import plot_pareto_front, write_model_card, write_results_table
     from autodistill_trainer.teacher import finetune_teacher, load_teacher, load_tokenizer
+    from autodistill_trainer.teacher_cache import TeacherOutputCache
 
     training = recipe.training
     if not torch.cuda.is_available() and not training.use_cpu:
@@ -140,10 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             init_embeddings_from_teacher(student, teacher)
         return student
 
+    teacher_cache = None
+    if teacher_args.cache_outputs:
+        teacher_cache = TeacherOutputCache(
+            teacher, os.path.join(output_dir, "cache"), collator, max_bytes=teacher_args.cache_max_gb * 1e9,
+            batch_size=training.per_device_eval_batch_size, main_process_first=training.main_process_first,
+        )
     trainer = DistillationTrainer(
         model=model_cls(base_config), teacher_model=teacher, args=training, train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
-        compute_metrics=compute_metrics, teacher_dtype=teacher_args.dtype,
+        compute_metrics=compute_metrics, teacher_dtype=teacher_args.dtype, teacher_cache=teacher_cache,
     )
     trainer.autodistillation_config = recipe.autodistillation_config
 

@@ -117,12 +117,15 @@ def run_distillation(
     processing_class: Any = None,
     callbacks: list | None = None,
     teacher_dtype: Any = None,
+    teacher_cache: Any = None,
 ) -> list[StageResult]:
     """Run the flash stages (one per block, in order), then the regular stage; return per-stage results.
 
     Either phase may be omitted. Configs are accepted in every form of
     :mod:`autodistill_trainer.distillation_config`. Stage ``i`` writes under
     ``args.output_dir/stage-XX-<kind>-<block>``. All parameters of the student train again afterwards.
+    With a `teacher_cache` (:class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`), stages whose
+    teacher features are all cacheable read them from disk instead of running the teacher.
     """
     from .trainer import DistillationTrainer  # the trainer module imports this one
 
@@ -181,7 +184,7 @@ def run_distillation(
             results.append(
                 _run_stage(
                     DistillationTrainer, student, teacher, args, train_dataset, kind, spec, index, total,
-                    data_collator, processing_class, callbacks, teacher_dtype,
+                    data_collator, processing_class, callbacks, teacher_dtype, teacher_cache,
                 )
             )
     finally:
@@ -191,7 +194,7 @@ def run_distillation(
 
 def _run_stage(
     trainer_cls, student, teacher, args, train_dataset, kind, spec, index, total,
-    data_collator, processing_class, callbacks, teacher_dtype,
+    data_collator, processing_class, callbacks, teacher_dtype, teacher_cache,
 ) -> StageResult:
     label = f"{kind} {index + 1}/{total} {spec['name']}"
     trainable = set_trainable(student, spec["trainable"] if spec["trainable"] is None else list(spec["trainable"]) + list(spec["lr_scales"]))
@@ -215,6 +218,7 @@ def _run_stage(
         callbacks=list(callbacks or []),
         teacher_dtype=teacher_dtype,
         learning_rate_scales=spec["lr_scales"],
+        teacher_cache=teacher_cache,
     )
     matcher_elements = sum(p.numel() for p in trainer.criterion.feature_matchers.parameters())
     if not stage_args.disable_tqdm:

@@ -83,6 +83,9 @@ class DistillationTrainer(Trainer):
         teacher_dtype: optional dtype for the teacher (``torch.float16``, ``"bfloat16"``...).
         learning_rate_scales: optional ``{module prefix: multiplier}``; parameters under a prefix (exact
             module-prefix match) train at ``learning_rate * multiplier`` (MobileBERT's soft freeze).
+        teacher_cache: optional :class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`; when every
+            teacher feature of the criterion can be cached, the train dataset gets the cached columns
+            and training steps read them instead of running the teacher.
         Other arguments are those of `transformers.Trainer`.
     """
 
@@ -97,6 +100,7 @@ class DistillationTrainer(Trainer):
         criterion: IntermediateLayersKnowledgeDistillationLoss | Mapping[str, Any] | None = None,
         teacher_dtype: torch.dtype | str | None = None,
         learning_rate_scales: Mapping[str, float] | None = None,
+        teacher_cache: Any = None,
         **trainer_kwargs: Any,
     ):
         if model is None or teacher_model is None:
@@ -119,6 +123,10 @@ class DistillationTrainer(Trainer):
             # DDP's unused-parameter search would count as unused: every trainable parameter gets a
             # gradient in distillation, so the search is not needed.
             args.ddp_find_unused_parameters = False
+        self.teacher_cache = teacher_cache
+        self._cached_columns: list[str] | None = None
+        if teacher_cache is not None and trainer_kwargs.get("train_dataset") is not None:
+            self._use_teacher_cache(teacher_cache, trainer_kwargs)
         self._attach_matchers(model)  # before the Trainer places the model, so matchers move with it
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
@@ -126,6 +134,34 @@ class DistillationTrainer(Trainer):
         self.criterion.teacher_model = self.teacher_model
         self._kd_term_sums: dict[str, torch.Tensor] = {}
         self._kd_term_count = 0
+
+    # ------------------------------------------------------------------ teacher cache
+    def _use_teacher_cache(self, cache: Any, trainer_kwargs: dict[str, Any]) -> None:
+        from transformers import DataCollatorWithPadding, default_data_collator
+
+        from .teacher_cache import TeacherCacheCollator, teacher_column
+
+        columns = [teacher_column(m) for m in self.criterion.layer_mappings]
+        dataset = cache.dataset_for(trainer_kwargs["train_dataset"], self.criterion.layer_mappings)
+        if not all(c in getattr(dataset, "column_names", ()) for c in columns):
+            return
+        collator = trainer_kwargs.get("data_collator") or cache.data_collator
+        if collator is None:
+            tokenizer = trainer_kwargs.get("processing_class")
+            collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
+        trainer_kwargs["train_dataset"] = dataset
+        trainer_kwargs["data_collator"] = TeacherCacheCollator(collator)
+        self._cached_columns = columns
+        logger.info("Training steps read the cached teacher outputs (%s).", ", ".join(columns))
+
+    def _base_collator(self):
+        """This trainer's collator without the teacher-cache wrapper."""
+        return getattr(self.data_collator, "base", self.data_collator)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self._cached_columns:
+            self._signature_columns = list(dict.fromkeys([*self._signature_columns, *self._cached_columns]))
 
     # ------------------------------------------------------------------ matchers
     def _attach_matchers(self, student: nn.Module) -> None:
@@ -210,7 +246,8 @@ class DistillationTrainer(Trainer):
             return run_distillation(
                 student, self.teacher_model, self.args, self.train_dataset,
                 flash_distillation=flash_distillation, regular_distillation=regular_distillation,
-                data_collator=self.data_collator, processing_class=self.processing_class,
+                data_collator=self._base_collator(), processing_class=self.processing_class,
+                teacher_cache=self.teacher_cache,
             )
 
     # ------------------------------------------------------------------ search
@@ -277,7 +314,8 @@ class DistillationTrainer(Trainer):
             run_distillation(
                 model, teacher_model, dataclasses.replace(self.args, output_dir=trial_dir), self.train_dataset,
                 flash_distillation=flash, regular_distillation=regular,
-                data_collator=self.data_collator, processing_class=self.processing_class,
+                data_collator=self._base_collator(), processing_class=self.processing_class,
+                teacher_cache=self.teacher_cache,
             )
             if self.is_world_process_zero():
                 model.save_pretrained(os.path.join(trial_dir, "model"))
@@ -290,7 +328,7 @@ class DistillationTrainer(Trainer):
                 raise ConfigError("the built-in eval_func needs the trainer's eval_dataset.")
             evaluator = Trainer(
                 model=model, args=dataclasses.replace(self.args, report_to=[]), eval_dataset=self.eval_dataset,
-                data_collator=self.data_collator, compute_metrics=self.compute_metrics,
+                data_collator=self._base_collator(), compute_metrics=self.compute_metrics,
             )
             metrics = evaluator.evaluate()
             return {k.removeprefix("eval_"): v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -318,9 +356,13 @@ class DistillationTrainer(Trainer):
             self.criterion.clear_features()
             return (origin_loss, outputs) if return_outputs else origin_loss
 
-        self.criterion.teacher_model_forward(inputs)
         scales = self._accumulation_scales(inputs)
-        loss = self.criterion.loss_cal(scales=scales)
+        if self._cached_columns and all(c in inputs for c in self._cached_columns):
+            self.criterion.attention_mask = inputs.get("attention_mask")
+            loss = self.criterion.loss_cal(teacher_outputs=[inputs[c] for c in self._cached_columns], scales=scales)
+        else:
+            self.criterion.teacher_model_forward(inputs)
+            loss = self.criterion.loss_cal(scales=scales)
         terms = dict(self.criterion.last_loss_terms)
         if self.criterion.add_origin_loss and origin_loss is not None:
             loss = loss + origin_loss * scales["labels"]

@@ -32,3 +32,30 @@ def mobilebert_block_mappings(layer: int, teacher_layer: int | None = None):
         (f"mobilebert.encoder.layer.{layer}.attention.self", "1", f"bert.encoder.layer.{t}.attention.self", "1"),
         (f"mobilebert.encoder.layer.{layer}.output", f"bert.encoder.layer.{t}.output"),
     ]
+
+
+def token_dataset(n: int = 24, max_len: int = 12, seed: int = 0):
+    """A `datasets.Dataset` of unpadded random token sequences with labels (like a tokenized text set)."""
+    import datasets
+
+    g = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for _ in range(n):
+        length = int(torch.randint(max_len // 2, max_len + 1, (1,), generator=g))
+        ids = torch.randint(1, VOCAB_SIZE, (length,), generator=g).tolist()
+        rows["input_ids"].append(ids)
+        rows["attention_mask"].append([1] * length)
+        rows["labels"].append(ids[0] % 2)
+    return datasets.Dataset.from_dict(rows)
+
+
+def pad_collator(features):
+    """Right-pad input_ids/attention_mask with zeros; stack labels (a tokenizer-free DataCollatorWithPadding)."""
+    length = max(len(f["input_ids"]) for f in features)
+    batch = {
+        "input_ids": torch.tensor([list(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features]),
+        "attention_mask": torch.tensor([list(f["attention_mask"]) + [0] * (length - len(f["attention_mask"])) for f in features]),
+    }
+    if "labels" in features[0]:
+        batch["labels"] = torch.tensor([int(f["labels"]) for f in features])
+    return batch

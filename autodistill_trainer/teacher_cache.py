@@ -1,0 +1,244 @@
+"""Teacher-output cache: the teacher features that mappings need, computed once and memory-mapped.
+
+The teacher is the same in every stage and every trial of a search, so its outputs on the training set
+are computed in one pass per (dataset, teacher, feature, max length) and stored on disk in half
+precision as an Arrow file (``datasets``' memory-mapped cache, named by a fingerprint of those inputs).
+Stages, trials and reruns then read them instead of running the teacher.
+
+What can be cached: features with no token dimension (sequence-classification logits: ``(B, C)``) and
+token features ``(B, L, D)`` (hidden states, MLM logits), stored per example without padding. Attention
+maps ``(B, H, L, L)``, and any set of features larger than the size budget, are left to the live
+teacher: a stage uses the cache only when *every* teacher feature it needs is cached.
+
+Columns are named ``teacher_<hash of (teacher layer, process)>``; the trainer keeps them through
+``remove_unused_columns``, pads them in the collator (:class:`TeacherCacheCollator`) and hands them to
+the criterion instead of running the teacher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .criterion import filter_model_inputs, model_input_names
+from .features import FeatureCapture
+from .mappings import LayerMapping
+
+logger = logging.getLogger(__name__)
+
+COLUMN_PREFIX = "teacher_"
+
+
+def teacher_column(mapping: LayerMapping) -> str:
+    """Dataset column holding the cached teacher feature of `mapping`."""
+    process = mapping.teacher_process
+    if callable(process):
+        process = getattr(process, "__qualname__", repr(process))
+    digest = hashlib.sha1(f"{mapping.teacher_layer}|{process!r}".encode()).hexdigest()[:12]
+    return f"{COLUMN_PREFIX}{digest}"
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hash of a model's class, config and weights (identifies the teacher in cache keys)."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TeacherCacheCollator:
+    """Wrap a collator: pad the cached teacher columns (token dimension first) and stack them."""
+
+    def __init__(self, base: Callable[[list[dict]], dict]):
+        self.base = base
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        cached = {k: [f.pop(k) for f in features] for k in list(features[0]) if k.startswith(COLUMN_PREFIX)}
+        batch = self.base(features)
+        mask = batch.get("attention_mask")
+        for key, values in cached.items():
+            tensors = [torch.as_tensor(np.asarray(v, dtype=np.float16)) for v in values]
+            if tensors[0].ndim >= 2:  # token features: scatter each example onto its real positions
+                length = mask.shape[1] if mask is not None else max(t.shape[0] for t in tensors)
+                out = torch.zeros(len(tensors), length, *tensors[0].shape[1:], dtype=tensors[0].dtype)
+                for i, t in enumerate(tensors):
+                    positions = mask[i].bool().nonzero().squeeze(1) if mask is not None else torch.arange(t.shape[0])
+                    out[i, positions] = t
+                batch[key] = out
+            else:
+                batch[key] = torch.stack(tensors)
+        return batch
+
+
+class TeacherOutputCache:
+    """Compute and serve cached teacher outputs for datasets (see the module docstring).
+
+    Args:
+        teacher: the teacher model (eval mode, any device).
+        cache_dir: where the Arrow files go (e.g. ``output_dir/cache``).
+        data_collator: pads tokenized examples into a batch (e.g. ``DataCollatorWithPadding``).
+        max_bytes: size budget of one cached feature set; larger sets are left to the live teacher.
+        batch_size: batch size of the teacher pass.
+        main_process_first: optional context manager factory (``TrainingArguments.main_process_first``)
+            so that under several processes only the first computes and the others read the file.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cache_dir: str,
+        data_collator: Callable[[list[dict]], dict],
+        max_bytes: float = 2 * 1024**3,
+        batch_size: int = 64,
+        main_process_first: Callable[..., Any] | None = None,
+    ):
+        self.teacher = teacher
+        self.cache_dir = cache_dir
+        self.data_collator = data_collator
+        self.max_bytes = float(max_bytes)
+        self.batch_size = int(batch_size)
+        self.main_process_first = main_process_first
+        self._teacher_fingerprint: str | None = None
+        self._input_names = model_input_names(teacher)
+        self.passes = 0  # teacher passes over a dataset made by this object (for tests and benchmarks)
+
+    @property
+    def teacher_fingerprint(self) -> str:
+        if self._teacher_fingerprint is None:
+            self._teacher_fingerprint = model_fingerprint(self.teacher)
+        return self._teacher_fingerprint
+
+    def collator(self) -> TeacherCacheCollator:
+        return TeacherCacheCollator(self.data_collator)
+
+    # ------------------------------------------------------------------ building
+    def _batches(self, dataset) -> Iterable[dict[str, torch.Tensor]]:
+        columns = [c for c in dataset.column_names if not c.startswith(COLUMN_PREFIX)]
+        for start in range(0, len(dataset), self.batch_size):
+            rows = dataset.select_columns(columns)[start : start + self.batch_size]
+            features = [dict(zip(rows, values)) for values in zip(*rows.values())]
+            yield self.data_collator(features)
+
+    def _probe(self, batch: dict[str, torch.Tensor], mappings: Sequence[LayerMapping]):
+        """Kind ('sample' or 'token') and width of each feature, or (None, None) when one cannot be cached."""
+        outputs = self._run_teacher(batch, mappings)
+        length = batch["attention_mask"].shape[1] if "attention_mask" in batch else batch["input_ids"].shape[1]
+        kinds, sizes = {}, {}
+        for mapping, tensor in zip(mappings, outputs):
+            column = teacher_column(mapping)
+            if isinstance(tensor, torch.Tensor) and tensor.ndim == 2:
+                kinds[column] = "sample"
+            elif isinstance(tensor, torch.Tensor) and tensor.ndim == 3 and tensor.shape[1] == length:
+                kinds[column] = "token"
+            else:
+                shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                logger.info("teacher feature %s is not cacheable (shape %s): the live teacher is used.", mapping.teacher_layer, shape)
+                return None, None
+            sizes[column] = int(tensor.shape[-1])
+        return kinds, sizes
+
+    def _run_teacher(self, batch: dict[str, torch.Tensor], mappings: Sequence[LayerMapping]) -> list[torch.Tensor]:
+        capture = FeatureCapture(self.teacher, [(m.teacher_layer, m.teacher_process) for m in mappings], role="teacher")
+        device = next(self.teacher.parameters()).device
+        try:
+            with torch.no_grad():
+                self.teacher.eval()
+                self.teacher(**{k: v.to(device) for k, v in filter_model_inputs(batch, self._input_names).items()})
+            return [capture.get(m.teacher_layer, m.teacher_process) for m in mappings]
+        finally:
+            capture.remove()
+
+    def _estimate_bytes(self, dataset, kinds: dict[str, str], sizes: dict[str, int]) -> float:
+        tokens = sum(len(ids) for ids in dataset["input_ids"]) if "token" in kinds.values() else 0
+        return sum(2.0 * sizes[c] * (tokens if kind == "token" else len(dataset)) for c, kind in kinds.items())
+
+    def dataset_for(self, dataset, mappings: Sequence[LayerMapping]):
+        """`dataset` with the cached teacher columns for `mappings` added, or `dataset` unchanged when
+        they cannot be cached (attention maps, over the size budget, no ``datasets.Dataset``)."""
+        import datasets
+
+        if not isinstance(dataset, datasets.Dataset) or len(dataset) == 0:
+            return dataset
+        missing = list({teacher_column(m): m for m in mappings if teacher_column(m) not in dataset.column_names}.values())
+        if not missing:
+            return dataset
+        path = self._path(dataset, missing)
+        if os.path.isfile(path):
+            logger.info("Teacher outputs read from the cache %s", path)
+            features = datasets.Dataset.from_file(path)
+        else:
+            features = self._build(dataset, missing, path)
+            if features is None:
+                return dataset
+        merged = datasets.concatenate_datasets([dataset, features], axis=1)
+        columns = [c for c in merged.column_names if c.startswith(COLUMN_PREFIX)]
+        return merged.with_format("numpy", columns=columns, output_all_columns=True)
+
+    def _path(self, dataset, mappings: Sequence[LayerMapping]) -> str:
+        columns = sorted(teacher_column(m) for m in mappings)
+        key = hashlib.sha256("|".join([dataset._fingerprint, self.teacher_fingerprint, *columns, "float16"]).encode())
+        return os.path.join(self.cache_dir, f"teacher-outputs-{key.hexdigest()[:20]}.arrow")
+
+    def _build(self, dataset, mappings: Sequence[LayerMapping], path: str):
+        context = self.main_process_first(desc="teacher outputs") if self.main_process_first else contextlib.nullcontext()
+        with context:
+            if os.path.isfile(path):  # another process wrote it meanwhile
+                import datasets
+
+                return datasets.Dataset.from_file(path)
+            probe_batch = next(iter(self._batches(dataset.select(range(min(4, len(dataset)))))))
+            kinds, sizes = self._probe(probe_batch, mappings)
+            if kinds is None:
+                return None
+            estimate = self._estimate_bytes(dataset, kinds, sizes)
+            if estimate > self.max_bytes:
+                logger.info("teacher features need ~%.2f GB, over the cache budget of %.2f GB: the live teacher is used.",
+                            estimate / 1e9, self.max_bytes / 1e9)
+                return None
+            return self._features_dataset(dataset, mappings, kinds, path)
+
+    def _features_dataset(self, dataset, mappings: Sequence[LayerMapping], kinds: dict[str, str], path: str):
+        import datasets
+
+        os.makedirs(self.cache_dir, exist_ok=True)
+        # One teacher pass, written batch by batch to an Arrow file (never whole in RAM).
+        columns = [teacher_column(m) for m in mappings]
+        features = datasets.Features({
+            c: datasets.Sequence(datasets.Sequence(datasets.Value("float16"))) if kinds[c] == "token"
+            else datasets.Sequence(datasets.Value("float16"))
+            for c in columns
+        })
+        logger.info("Computing teacher outputs for %d examples once (%s) -> %s", len(dataset), ", ".join(columns), path)
+        self.passes += 1
+        tmp = path + ".tmp"
+        writer = datasets.arrow_writer.ArrowWriter(features=features, path=tmp)
+        try:
+            from tqdm.auto import tqdm
+
+            for batch in tqdm(self._batches(dataset), total=-(-len(dataset) // self.batch_size), desc="teacher outputs"):
+                outputs = self._run_teacher(batch, mappings)
+                mask = batch["attention_mask"].bool().numpy() if "attention_mask" in batch else None
+                rows: dict[str, list] = {}
+                for column, tensor in zip(columns, outputs):
+                    array = tensor.detach().to(torch.float16).cpu().numpy()
+                    if kinds[column] == "token":  # keep the real positions only
+                        rows[column] = [array[i][mask[i]] if mask is not None else array[i] for i in range(len(array))]
+                    else:
+                        rows[column] = list(array)
+                writer.write_batch(rows)
+            writer.finalize()
+        finally:
+            writer.close()
+        os.replace(tmp, path)
+        return datasets.Dataset.from_file(path)
