@@ -125,8 +125,7 @@ class DistillationTrainer(Trainer):
             args.ddp_find_unused_parameters = False
         self.teacher_cache = teacher_cache
         self._cached_columns: list[str] | None = None
-        if teacher_cache is not None and trainer_kwargs.get("train_dataset") is not None:
-            self._use_teacher_cache(teacher_cache, trainer_kwargs)
+        self._teacher_cache_checked = False
         self._attach_matchers(model)  # before the Trainer places the model, so matchers move with it
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
@@ -136,22 +135,35 @@ class DistillationTrainer(Trainer):
         self._kd_term_count = 0
 
     # ------------------------------------------------------------------ teacher cache
-    def _use_teacher_cache(self, cache: Any, trainer_kwargs: dict[str, Any]) -> None:
+    def get_train_dataloader(self):
+        """`Trainer.get_train_dataloader`, reading cached teacher outputs when the criterion's are cacheable.
+
+        The cache is consulted here, on the first training dataloader, so that a trainer that never
+        trains (e.g. one that only drives a search) makes no teacher pass.
+        """
+        if self.teacher_cache is not None and not self._teacher_cache_checked:
+            self._teacher_cache_checked = True
+            self._use_teacher_cache(self.teacher_cache)
+        return super().get_train_dataloader()
+
+    def _use_teacher_cache(self, cache: Any) -> None:
         from transformers import DataCollatorWithPadding, default_data_collator
 
         from .teacher_cache import TeacherCacheCollator, teacher_column
 
+        if self.train_dataset is None:
+            return
         columns = [teacher_column(m) for m in self.criterion.layer_mappings]
-        dataset = cache.dataset_for(trainer_kwargs["train_dataset"], self.criterion.layer_mappings)
+        dataset = cache.dataset_for(self.train_dataset, self.criterion.layer_mappings)
         if not all(c in getattr(dataset, "column_names", ()) for c in columns):
             return
-        collator = trainer_kwargs.get("data_collator") or cache.data_collator
+        collator = self._base_collator() or cache.data_collator
         if collator is None:
-            tokenizer = trainer_kwargs.get("processing_class")
-            collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator
-        trainer_kwargs["train_dataset"] = dataset
-        trainer_kwargs["data_collator"] = TeacherCacheCollator(collator)
+            collator = DataCollatorWithPadding(self.processing_class) if self.processing_class is not None else default_data_collator
+        self.train_dataset = dataset
+        self.data_collator = TeacherCacheCollator(collator)
         self._cached_columns = columns
+        self._signature_columns = None
         logger.info("Training steps read the cached teacher outputs (%s).", ", ".join(columns))
 
     def _base_collator(self):

@@ -78,9 +78,11 @@ def test_a_cached_run_never_calls_the_teacher_while_training(tmp_path, bert_teac
     trainer = DistillationTrainer(model=mobilebert_student, teacher_model=bert_teacher, args=args,
                                   criterion={"layer_mappings": LOGITS_AND_HIDDEN, "loss_types": ["KL", "MSE"], "add_origin_loss": True},
                                   train_dataset=token_dataset(), data_collator=pad_collator, teacher_cache=cache)
+    assert cache.passes == 0  # nothing is computed until training starts
+    cache.dataset_for(token_dataset(), trainer.criterion.layer_mappings)  # e.g. an earlier trial
     bert_teacher.register_forward_hook(lambda *a: calls.append(1))
     trainer.train()
-    assert calls == []
+    assert calls == [] and cache.passes == 1
     assert any(not torch.equal(before[n], p) for n, p in mobilebert_student.named_parameters())
     logged = next(e for e in trainer.state.log_history if "loss" in e)
     assert "origin_loss" in logged and "KL:classifier" in logged
