@@ -83,6 +83,10 @@ class TeacherArguments:
     finetune: dict = field(default_factory=dict, metadata={"help": "TrainingArguments overrides for the teacher fine-tuning."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub (off by default)."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Teacher dtype for distillation (float16, bfloat16)."})
+    cache_outputs: bool = field(
+        default=True, metadata={"help": "Compute the teacher outputs the mappings need once, on disk (fp16), and reuse them."}
+    )
+    cache_max_gb: float = field(default=2.0, metadata={"help": "Size budget of one cached teacher feature set (GB)."})
 
 
 @dataclass
