@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .features import FeatureCapture
+from .features import FeatureCapture, StopForward
 from .losses import FeatureLoss, get_loss_class
 from .mappings import LayerMapping, parse_layer_mappings
 
@@ -105,6 +105,9 @@ class IntermediateLayersKnowledgeDistillationLoss:
         probe_inputs: optional example batch for the set-up probe (defaults to random token ids).
         matcher_seed: feature matcher ``i`` is initialised (PyTorch's default ``nn.Linear`` init) under
             ``torch.manual_seed(matcher_seed + i)``, without touching the global random state.
+        early_stop_teacher: end the teacher's forward once the last teacher feature the mappings need is
+            captured (e.g. a flash stage on block 2 runs only the teacher's layers up to its mapped
+            layer); `teacher_model_forward` then returns None. Off when a mapping reads the whole model.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
         add_origin_loss: bool = False,
         probe_inputs: Mapping[str, torch.Tensor] | None = None,
         matcher_seed: int = 42,
+        early_stop_teacher: bool = True,
     ):
         self.student_model = student_model
         self.teacher_model = teacher_model
@@ -157,6 +161,9 @@ class IntermediateLayersKnowledgeDistillationLoss:
 
         self._set_up(probe_inputs)
         self.loss_funcs: list[FeatureLoss] = self.init_loss_funcs()
+        self._teacher_stop_key = None
+        if early_stop_teacher and all(m.teacher_layer for m in self.layer_mappings) and self._teacher_order:
+            self._teacher_stop_key = self._teacher_order[-1]
 
     # ------------------------------------------------------------------ set-up
     def _unique_names(self) -> list[str]:
@@ -189,6 +196,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
             with torch.no_grad():
                 self.student_model(**student_inputs)
                 self.teacher_model_forward(batch)
+            self._teacher_order = list(self._teacher_capture.capture_order)
             pairs = [
                 (
                     self._student_capture.get(m.student_layer, m.student_process),
@@ -303,7 +311,8 @@ class IntermediateLayersKnowledgeDistillationLoss:
         """Run the teacher on `inputs` (eval mode, no grad), filling `teacher_features`.
 
         Labels and inputs the teacher does not accept are dropped; the attention mask is recorded
-        so that losses ignore padded positions.
+        so that losses ignore padded positions. Returns the teacher's outputs, or None when the
+        forward stopped early after the last needed feature (see `early_stop_teacher`).
         """
         device = _model_device(self.teacher_model)
         teacher_inputs = {
@@ -312,8 +321,15 @@ class IntermediateLayersKnowledgeDistillationLoss:
         }
         if self.teacher_model.training:
             self.teacher_model.eval()
+        # Armed only during this call, so that other criteria hooked on the same teacher are unaffected.
+        self._teacher_capture.stop_after = getattr(self, "_teacher_stop_key", None)
         with torch.no_grad():
-            outputs = self.teacher_model(**teacher_inputs)
+            try:
+                outputs = self.teacher_model(**teacher_inputs)
+            except StopForward:  # every needed feature is captured: the rest of the teacher is skipped
+                outputs = None
+            finally:
+                self._teacher_capture.stop_after = None
         self.attention_mask = inputs.get("attention_mask")
         return outputs
 

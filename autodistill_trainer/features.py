@@ -75,6 +75,10 @@ def select_output(output: Any, process: OutputProcess, where: str = "") -> torch
     raise ConfigError(f"{where}: a layer-output process must be an index string, a key or a callable, got {process!r}.")
 
 
+class StopForward(Exception):
+    """Raised by a capture hook to end a forward once every needed feature is captured."""
+
+
 class FeatureCapture:
     """Forward hooks that store selected outputs of named modules during ordinary forwards.
 
@@ -87,6 +91,8 @@ class FeatureCapture:
         self.model = model
         self.role = role
         self.enabled = True
+        self.stop_after: tuple[str, str] | None = None  # raise StopForward once this key is captured
+        self.capture_order: list[tuple[str, str]] = []  # keys in the order the last forward captured them
         self.features: dict[Any, torch.Tensor | None] = {}
         self._transforms: dict[tuple[str, str], list[tuple[Any, Callable[[torch.Tensor], torch.Tensor]]]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -112,8 +118,12 @@ class FeatureCapture:
                 where = f"{self.role} layer {name!r}" + (f" process {process!r}" if process not in (None, "") else "")
                 key = self.key(name, process)
                 value = self.features[key] = select_output(output, process, where)
+                if key not in self.capture_order:
+                    self.capture_order.append(key)
                 for out_key, transform in self._transforms.get(key, ()):
                     self.features[out_key] = transform(value)
+            if self.stop_after is not None and self.key(name, processes[-1]) == self.stop_after:
+                raise StopForward
 
         return hook
 
@@ -140,6 +150,7 @@ class FeatureCapture:
     def clear(self) -> None:
         """Drop every captured feature (call once per step)."""
         self.features.clear()
+        self.capture_order.clear()
 
     def remove(self) -> None:
         """Remove all hooks and drop captured features."""

@@ -175,10 +175,26 @@ def test_features_do_not_outlive_a_step_and_hooks_can_be_removed(bert_teacher, m
 def test_teacher_forward_runs_in_eval_mode_without_grad(bert_teacher, mobilebert_student):
     criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, [("classifier", "classifier")], ["KL"])
     bert_teacher.train()
-    out = criterion.teacher_model_forward(random_batch())
+    criterion.teacher_model_forward(random_batch())
     assert not bert_teacher.training
-    assert not out.logits.requires_grad
+    (logits,) = criterion.teacher_features.values()
+    assert not logits.requires_grad
     assert criterion.attention_mask is not None
+
+
+def test_teacher_forward_stops_after_the_last_needed_layer(bert_teacher, mobilebert_student):
+    ran = []
+    bert_teacher.bert.encoder.layer[1].register_forward_hook(lambda *a: ran.append("layer1"))
+    bert_teacher.classifier.register_forward_hook(lambda *a: ran.append("classifier"))
+    early = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"])
+    ran.clear()
+    assert early.teacher_model_forward(random_batch()) is None
+    assert ran == [] and len(early.teacher_features) == 2
+    full = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"], early_stop_teacher=False)
+    ran.clear()
+    assert full.teacher_model_forward(random_batch()).logits.shape == (4, 2)
+    assert ran == ["layer1", "classifier"]
 
 
 def test_default_weights_are_one_over_the_number_of_mappings(bert_teacher, mobilebert_student):
