@@ -49,6 +49,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .distillation_config import parse_distillation
 from .errors import ConfigError, did_you_mean
+from . import validation
+from .validation import yaml_error_message, yaml_load
 
 
 @dataclass
@@ -157,17 +159,16 @@ class Recipe:
 
 # ---------------------------------------------------------------------------- loading
 def read_recipe(path: str) -> dict[str, Any]:
-    """Read a YAML recipe with ``yaml.safe_load``; invalid YAML gives a ConfigError with the line."""
+    """Read a YAML recipe as plain data (a ``yaml.SafeLoader``); invalid YAML gives a ConfigError with the line."""
     if not os.path.isfile(path):
         raise ConfigError(f"recipe {path!r} does not exist; give the path of a YAML recipe (see recipes/).")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"recipe {path!r} is not valid YAML{where}: {problem}.") from None
+        raise ConfigError(yaml_error_message(error, f"recipe {path!r}")) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"recipe {path!r} cannot be read: {error}.") from None
     if data is None:
         raise ConfigError(f"recipe {path!r} is empty.")
     if not isinstance(data, dict):
@@ -191,8 +192,9 @@ def _leaf_paths(recipe: Mapping[str, Any]) -> dict[str, list[tuple[str, ...]]]:
         if f.init and f.name != "output_dir":
             add(("auto_distillation", "train", f.name))
     add(("output_dir",))
-    for key in ("search_space", "search_algorithm", "metrics", "higher_is_better", "max_trials", "seed", "storage",
-                "study_name", "max_latency_ms", "max_params", "max_flops"):
+    from .search import _SEARCH_KEYS
+
+    for key in _SEARCH_KEYS:
         add(("auto_distillation", "search", key))
     for section in ("flash_distillation", "regular_distillation"):
         value = (recipe.get("auto_distillation") or {}).get(section) or {}
@@ -220,11 +222,15 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
             text = items[i + 1]
             i += 2
         try:
-            value = yaml.safe_load(text)
+            value = yaml_load(text)
         except yaml.YAMLError:
-            value = text
+            value = text  # a plain string (never evaluated)
+        if not key:
+            raise ConfigError(f"{token!r} names no key; overrides are --key value (e.g. --max_trials 3).")
         if "." in key:
             path = tuple(key.split("."))
+            if not all(path):
+                raise ConfigError(f"--{key}: empty part in the dotted key; write --section.key value.")
         else:
             candidates = _leaf_paths(recipe).get(key, [])
             if not candidates:
@@ -304,8 +310,15 @@ def _positive(value: Any, key: str, allow_none: bool = True) -> None:
         raise ConfigError(f"{key} must be a positive number, got {value!r}.")
 
 
-def build_recipe(data: Mapping[str, Any], path: Optional[str] = None) -> Recipe:
-    """Validate a recipe mapping (already overridden) into a :class:`Recipe`; nothing is loaded."""
+def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_models: bool = True) -> Recipe:
+    """Validate a recipe mapping (already overridden) into a :class:`Recipe`; no weights or data are loaded.
+
+    With ``check_models`` (default), hand-written block names and layer mappings are checked against a student and
+    a teacher instantiated on the meta device (the teacher's ``config.json`` is read; see
+    :func:`autodistill_trainer.validation.check_module_names`).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a recipe must be a mapping of sections, got {type(data).__name__}.")
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(f"recipe: unknown section {key!r}.{did_you_mean(str(key), TOP_LEVEL_KEYS)}")
@@ -338,16 +351,26 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None) -> Recipe:
         _positive(getattr(evaluation, key), f"auto_distillation.evaluation.{key}")
     if not evaluation.metrics or not all(isinstance(m, str) for m in evaluation.metrics):
         raise ConfigError("auto_distillation.evaluation.metrics must be a non-empty list of metric names.")
+    validation.check_metric_names(evaluation.metrics, "auto_distillation.evaluation.metrics")
 
-    train = dict(auto.get("train") or {})
     if not isinstance(auto.get("train") or {}, Mapping):
-        raise ConfigError("auto_distillation.train must be a mapping of TrainingArguments.")
+        raise ConfigError(f"auto_distillation.train must be a mapping of TrainingArguments, got {auto.get('train')!r}.")
+    train = dict(auto.get("train") or {})
     if "output_dir" in train:
         raise ConfigError("auto_distillation.train.output_dir: set output_dir at the top level of the recipe.")
     train["output_dir"] = data.get("output_dir") or os.path.join("outputs", model.name)
-    if not isinstance(train["output_dir"], str):
+    if not isinstance(train["output_dir"], str) or not train["output_dir"]:
         raise ConfigError(f"output_dir must be a path string, got {train['output_dir']!r}.")
     training = _parse_section(TrainingArguments, train, "auto_distillation.train")
+    validation.check_training_arguments(training, "auto_distillation.train")
+    # teacher.finetune holds TrainingArguments too (merged over the fine-tuning defaults by the CLI)
+    finetune = dict(teacher.finetune)
+    if "output_dir" in finetune:
+        raise ConfigError("teacher.finetune.output_dir: the teacher is fine-tuned under output_dir/teacher-finetune; remove it.")
+    finetune_args = _parse_section(
+        TrainingArguments, {**finetune, "output_dir": os.path.join(train["output_dir"], "teacher-finetune")}, "teacher.finetune"
+    )
+    validation.check_training_arguments(finetune_args, "teacher.finetune")
 
     from .search import parse_search_config  # validates search space, algorithm, metrics, trials
 
@@ -357,6 +380,7 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None) -> Recipe:
     flash, regular = parse_distillation(auto.get("flash_distillation"), auto.get("regular_distillation"))
     if flash is None and regular is None:
         raise ConfigError("auto_distillation: give flash_distillation, regular_distillation or both.")
+    validation.check_distillation_values(flash, regular)
     if flash is not None and not flash.is_auto:
         flash.stages()
     if regular is not None:
@@ -368,6 +392,14 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None) -> Recipe:
                 f"auto_distillation.search.metrics: {metric!r} is neither measured by the profiler (latency, params, "
                 f"flops) nor one of auto_distillation.evaluation.metrics {evaluation.metrics}.{did_you_mean(metric, sorted(known))}"
             )
+    # Against the models' structure, without weights: student class, base config, search-space names, module names.
+    validation.check_paths(teacher, data_args, model)
+    validation.student_class(model.student_class)
+    base_config = validation.build_student_base_config(model, data_args)
+    if base_config is not None:
+        validation.check_search_space(search.search_space, base_config)
+    if check_models:
+        validation.check_module_names(flash, regular, model, teacher, data_args, search.search_space)
     config = {
         "search": dict(auto["search"]),
         "flash_distillation": auto.get("flash_distillation"),
