@@ -192,10 +192,10 @@ def _leaf_paths(recipe: Mapping[str, Any]) -> dict[str, list[tuple[str, ...]]]:
         if f.init and f.name != "output_dir":
             add(("auto_distillation", "train", f.name))
     add(("output_dir",))
-    from .search import _SEARCH_KEYS
+    from .search import SearchConfig
 
-    for key in _SEARCH_KEYS:
-        add(("auto_distillation", "search", key))
+    for f in dataclasses.fields(SearchConfig):
+        add(("auto_distillation", "search", f.name))
     for section in ("flash_distillation", "regular_distillation"):
         value = (recipe.get("auto_distillation") or {}).get(section) or {}
         for key in value if isinstance(value, Mapping) else ():
