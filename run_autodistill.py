@@ -39,9 +39,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         recipe = load_recipe(argv[0], argv[1:])
-    except ConfigError as error:
+        return run(recipe)
+    except ConfigError as error:  # bad input found while loading data or models: no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def run(recipe) -> int:
+    """Run a validated recipe: data, teacher, search, baseline, reports."""
     start = time.time()
 
     import torch
