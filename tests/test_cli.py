@@ -1,0 +1,111 @@
+"""run_autodistill.py end to end: the smoke recipe, its outputs, local files with string labels, recipes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autodistill_trainer.config import apply_overrides, load_recipe, read_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "recipes" / "smoke.yaml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_autodistill.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    run = run_cli(str(SMOKE), "--output_dir", str(out))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out, run
+
+
+def test_smoke_recipe_runs_search_flash_and_regular_distillation(smoke_run):
+    out, run = smoke_run
+    results = json.loads((out / "search_results.json").read_text())
+    trained = [t for t in results["trials"] if t["state"] == "COMPLETE"]
+    assert len(trained) == 2 and results["best_model_arch"] in [t["arch"] for t in trained]
+    for trial in trained:
+        assert {"accuracy", "latency"} <= set(trial["metrics"]) and trial["params"] > 0 and trial["flops"] > 0
+    assert "flash 1/3" in run.stderr or "Distillation stage 1/3 (flash)" in run.stderr
+    assert "Distillation stage 3/3 (regular)" in run.stderr
+    assert "=== autodistill summary ===" in run.stdout and "same arch, no distillation" in run.stdout
+
+
+def test_smoke_outputs_are_written(smoke_run):
+    out, _ = smoke_run
+    for name in ("search_results.json", "search_results.csv", "search_results.md", "pareto_front.png", "summary.json"):
+        assert (out / name).is_file(), name
+    assert (out / "pareto_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["speedup"] > 1 and summary["baseline_without_distillation"]["accuracy"] is not None
+    card = (out / "best_model" / "README.md").read_text()
+    assert "pipeline(" in card and str(summary["best_student"]["arch"]["hidden_size"]) in card
+    with open(out / "search_results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(json.loads((out / "search_results.json").read_text())["trials"])
+
+
+def test_best_model_works_with_a_plain_transformers_pipeline(smoke_run):
+    out, _ = smoke_run
+    code = (
+        "import sys, json; from transformers import pipeline; "
+        f"clf = pipeline('text-classification', model={str(out / 'best_model')!r}); "
+        "r = clf('a gorgeous, moving film'); assert 'autodistill_trainer' not in sys.modules; print(json.dumps(r))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120, cwd="/")
+    assert run.returncode == 0, run.stderr[-2000:]
+    (prediction,) = json.loads(run.stdout.strip().splitlines()[-1])
+    assert prediction["label"] in ("fresh", "rotten")
+
+
+def test_local_csv_files_with_string_labels(tmp_path):
+    rows = [("a wonderful, warm film", "pos"), ("dull and lifeless", "neg"), ("a joy to watch", "pos"),
+            ("tedious and far too long", "neg")] * 12
+    for name, part in (("train.csv", rows), ("valid.csv", rows[:16])):
+        with open(tmp_path / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["review", "sentiment"])
+            writer.writerows(part)
+    run = run_cli(
+        str(SMOKE), "--output_dir", str(tmp_path / "out"), "--data.dataset_name", "null",
+        "--data.train_file", str(tmp_path / "train.csv"), "--data.validation_file", str(tmp_path / "valid.csv"),
+        "--data.text_column", "review", "--data.label_column", "sentiment", "--max_trials", "1",
+        "--baseline.enabled", "false",
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    config = json.loads((tmp_path / "out" / "best_model" / "config.json").read_text())
+    assert set(config["id2label"].values()) == {"neg", "pos"}
+
+
+def test_overrides_reach_nested_and_unambiguous_keys():
+    recipe = apply_overrides(read_recipe(str(SMOKE)), [
+        "--max_trials", "5", "--auto_distillation.search.search_algorithm", "TPE", "--learning_rate=5e-4",
+        "--data.max_length", "48", "--auto_distillation.regular_distillation.train_steps", "3",
+    ])
+    search = recipe["auto_distillation"]["search"]
+    assert search["max_trials"] == 5 and search["search_algorithm"] == "TPE"
+    assert recipe["auto_distillation"]["train"]["learning_rate"] == 5e-4
+    assert recipe["data"]["max_length"] == 48
+    assert recipe["auto_distillation"]["regular_distillation"]["train_steps"] == 3
+    parsed = load_recipe(str(SMOKE), ["--max_trials", "5", "--learning_rate", "5e-4"])
+    assert parsed.training.learning_rate == 5e-4
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
+def test_every_shipped_recipe_validates(name):
+    recipe = load_recipe(str(ROOT / "recipes" / name))
+    assert recipe.autodistillation_config["search"]["search_space"]
+    text = (ROOT / "recipes" / name).read_text()
+    assert "Expected:" in text or "Hardware and time" in text or "expects" in text.lower(), "state hardware and time"
