@@ -51,15 +51,15 @@ def run(recipe) -> int:
 
     import torch
     import transformers
-    from transformers import DataCollatorWithPadding, Trainer, set_seed
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, Trainer, set_seed
 
     from autodistill_trainer import DistillationTrainer
     from autodistill_trainer.builders import build_model, default_mobilebert_base_config, init_embeddings_from_teacher
-    from autodistill_trainer.data import load_text_classification_data, tokenize_dataset
-    from autodistill_trainer.metrics import build_compute_metrics
+    from autodistill_trainer.data import load_pretraining_data, load_text_classification_data, tokenize_dataset
+    from autodistill_trainer.metrics import build_compute_metrics, build_preprocess_logits_for_metrics
     from autodistill_trainer.profiling import profile_model
     from autodistill_trainer.report import plot_pareto_front, write_model_card, write_results_table
-    from autodistill_trainer.teacher import finetune_teacher, load_teacher, load_tokenizer
+    from autodistill_trainer.teacher import finetune_teacher, load_pretraining_teacher, load_teacher, load_tokenizer
     from autodistill_trainer.teacher_cache import TeacherOutputCache
 
     training = recipe.training
@@ -78,15 +78,25 @@ def run(recipe) -> int:
         with open(os.path.join(output_dir, "recipe.resolved.json"), "w") as f:
             json.dump(recipe.raw, f, indent=2, default=str)
 
-    # 2. Data.
+    # 2. Data: labelled texts, or (data.task: pretraining) next-sentence pairs of a corpus' consecutive lines.
     data, teacher_args, evaluation = recipe.data, recipe.teacher, recipe.evaluation
+    pretraining = data.task == "pretraining"
+    score_key = "mlm_accuracy" if pretraining else "accuracy"
     with training.main_process_first(desc="loading data"):
-        raw, label_names = load_text_classification_data(
-            dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
-            train_file=data.train_file, validation_file=data.validation_file, text_column=data.text_column,
-            text_pair_column=data.text_pair_column, label_column=data.label_column,
-            validation_split_size=data.validation_split_size, seed=training.seed,
-        )
+        if pretraining:
+            raw = load_pretraining_data(
+                dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name, train_file=data.train_file,
+                validation_file=data.validation_file, text_column=data.text_column,
+                validation_split_size=data.validation_split_size, seed=training.seed,
+            )
+            label_names = None
+        else:
+            raw, label_names = load_text_classification_data(
+                dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
+                train_file=data.train_file, validation_file=data.validation_file, text_column=data.text_column,
+                text_pair_column=data.text_pair_column, label_column=data.label_column,
+                validation_split_size=data.validation_split_size, seed=training.seed,
+            )
     if data.max_train_samples:
         raw["train"] = raw["train"].select(range(min(data.max_train_samples, len(raw["train"]))))
     if data.max_eval_samples:
@@ -97,8 +107,12 @@ def run(recipe) -> int:
     tokenizer = load_tokenizer(teacher_source, trust_remote_code=teacher_args.trust_remote_code)
     with training.main_process_first(desc="tokenizing"):
         tokenized = tokenize_dataset(raw, tokenizer, data.max_length, cache_dir=os.path.join(output_dir, "cache"))
-    collator = DataCollatorWithPadding(tokenizer)
+    if pretraining:  # masks 15% of the tokens (labels: the originals, -100 elsewhere), keeps next_sentence_label
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
     compute_metrics = build_compute_metrics(evaluation.metrics)
+    preprocess_logits = build_preprocess_logits_for_metrics(evaluation.metrics)  # MLM: argmax ids, not logits
     seq_length = evaluation.latency_seq_length or data.max_length
 
     def profile(model):
@@ -107,8 +121,12 @@ def run(recipe) -> int:
             num_threads=evaluation.latency_num_threads, warmup=evaluation.latency_warmup, repeats=evaluation.latency_repeats,
         )
 
-    # 4. Teacher: a fine-tuned model, or an encoder fine-tuned once and cached in output_dir/teacher.
-    if teacher_args.model_name_or_path:
+    # 4. Teacher: a fine-tuned model, or an encoder fine-tuned once and cached in output_dir/teacher;
+    #    for pretraining, a pretrained model with its MLM + next-sentence heads.
+    if pretraining:
+        teacher = load_pretraining_teacher(teacher_args.model_name_or_path, teacher_args.trust_remote_code)
+        teacher_metrics = None
+    elif teacher_args.model_name_or_path:
         teacher = load_teacher(teacher_args.model_name_or_path, label_names, teacher_args.trust_remote_code)
         teacher_metrics = None
     else:
@@ -120,25 +138,28 @@ def run(recipe) -> int:
         )
     if teacher_metrics is None:
         evaluator = Trainer(model=teacher, args=dataclasses.replace(training, report_to=[]), eval_dataset=tokenized["validation"],
-                            data_collator=collator, compute_metrics=compute_metrics)
+                            data_collator=collator, compute_metrics=compute_metrics,
+                            preprocess_logits_for_metrics=preprocess_logits)
         teacher_metrics = {k.removeprefix("eval_"): v for k, v in evaluator.evaluate().items()}
     teacher.eval()
     teacher_metrics.update(profile(teacher))
-    logger.info("Teacher: %s", {k: teacher_metrics[k] for k in ("accuracy", "latency", "params") if k in teacher_metrics})
+    logger.info("Teacher: %s", {k: teacher_metrics[k] for k in (score_key, "latency", "params") if k in teacher_metrics})
 
     # 5. Students: the base config (recipe overrides on the built-in MobileBERT one) + each architecture.
     model_cls = getattr(transformers, recipe.model.student_class)
     base_overrides = recipe.model.base_config if isinstance(recipe.model.base_config, dict) else {}
+    num_labels = len(label_names) if label_names else 2  # pretraining: the 2 next-sentence classes
     if isinstance(recipe.model.base_config, str):
         base_config = transformers.AutoConfig.from_pretrained(recipe.model.base_config)
-        base_config.num_labels = len(label_names)
+        base_config.num_labels = num_labels
     else:
         base_config = default_mobilebert_base_config(
-            num_labels=len(label_names), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id or 0,
+            num_labels=num_labels, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id or 0,
             max_position_embeddings=max(512, data.max_length), **base_overrides,
         )
-    base_config.id2label = dict(enumerate(label_names))
-    base_config.label2id = {n: i for i, n in enumerate(label_names)}
+    if label_names:
+        base_config.id2label = dict(enumerate(label_names))
+        base_config.label2id = {n: i for i, n in enumerate(label_names)}
 
     def model_builder(arch):
         student = build_model(model_cls, base_config, arch, seed=training.seed, attn_implementation="eager")
@@ -147,7 +168,9 @@ def run(recipe) -> int:
         return student
 
     teacher_cache = None
-    if teacher_args.cache_outputs:
+    if teacher_args.cache_outputs and pretraining:
+        logger.info("teacher.cache_outputs is off for pretraining: the collator masks tokens anew for every batch.")
+    elif teacher_args.cache_outputs:
         teacher_cache = TeacherOutputCache(
             teacher, os.path.join(output_dir, "cache"), collator, max_bytes=teacher_args.cache_max_gb * 1e9,
             batch_size=training.per_device_eval_batch_size, main_process_first=training.main_process_first,
@@ -156,6 +179,11 @@ def run(recipe) -> int:
         model=model_cls(base_config), teacher_model=teacher, args=training, train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
         compute_metrics=compute_metrics, teacher_dtype=teacher_args.dtype, teacher_cache=teacher_cache,
+        preprocess_logits_for_metrics=preprocess_logits,
+        # This trainer only drives the search (each stage builds its own criterion); its default criterion
+        # compares `logits`, which *ForPreTraining models name `prediction_logits`.
+        criterion={"layer_mappings": [("", "prediction_logits", "", "prediction_logits")], "loss_types": ["KL"]}
+        if pretraining else None,
     )
     trainer.autodistillation_config = recipe.autodistillation_config
 
@@ -181,13 +209,13 @@ def run(recipe) -> int:
     # 8. Reports and the exported best model.
     pareto_numbers = [p["number"] for p in agent.pareto_front]
     write_results_table(rows, output_dir)
-    teacher_point = {"latency": teacher_metrics["latency"], "accuracy": teacher_metrics.get("accuracy"), "label": "teacher"}
+    teacher_point = {"latency": teacher_metrics["latency"], score_key: teacher_metrics.get(score_key), "label": "teacher"}
     baseline_point = None
     if baseline_metrics:
-        baseline_point = {"latency": baseline_metrics["latency"], "accuracy": baseline_metrics.get("accuracy"),
+        baseline_point = {"latency": baseline_metrics["latency"], score_key: baseline_metrics.get(score_key),
                           "label": "best arch, no distillation"}
     plot_pareto_front(rows, os.path.join(output_dir, "pareto_front.png"), pareto_numbers=pareto_numbers,
-                      teacher=teacher_point, baseline=baseline_point)
+                      teacher=teacher_point, baseline=baseline_point, y_metric=score_key)
     best_dir = os.path.join(output_dir, "best_model")
     from autodistill_trainer.trainer import arch_slug
 
@@ -207,9 +235,9 @@ def run(recipe) -> int:
             "best_trial": best_row["number"],
             "latency_protocol": f"batch {evaluation.latency_batch_size} x {seq_length} tokens, "
                                 f"{evaluation.latency_num_threads} thread(s), median of {evaluation.latency_repeats}",
-            "baseline_without_distillation": baseline_metrics and {k: baseline_metrics.get(k) for k in ("accuracy", "latency")},
+            "baseline_without_distillation": baseline_metrics and {k: baseline_metrics.get(k) for k in (score_key, "latency")},
         },
-        base_model=teacher_source,
+        base_model=teacher_source, pipeline_tag="fill-mask" if pretraining else "text-classification",
     )
     summary = {
         "teacher": _pick(teacher_metrics), "best_student": {"arch": best_arch, **_pick(student_metrics)},
@@ -244,7 +272,8 @@ def _train_baseline(recipe, trainer, model_builder, arch, tokenized, collator, c
                                output_dir=os.path.join(trainer.args.output_dir, "baseline"), eval_strategy="no")
     logger.info("Baseline: training the best architecture on labels only for %d steps", steps)
     baseline = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
-                       data_collator=collator, compute_metrics=compute_metrics)
+                       data_collator=collator, compute_metrics=compute_metrics,
+                       preprocess_logits_for_metrics=trainer.preprocess_logits_for_metrics)
     baseline.train()
     metrics = {k.removeprefix("eval_"): v for k, v in baseline.evaluate().items()}
     metrics.update(profile_of_arch)  # same architecture: the search's latency, params and FLOPs
@@ -253,7 +282,7 @@ def _train_baseline(recipe, trainer, model_builder, arch, tokenized, collator, c
 
 
 def _pick(metrics):
-    return {k: metrics.get(k) for k in ("accuracy", "f1", "latency", "params", "flops") if metrics.get(k) is not None}
+    return {k: metrics.get(k) for k in ("accuracy", "f1", "mlm_accuracy", "latency", "params", "flops") if metrics.get(k) is not None}
 
 
 def _distillation_summary(config):
@@ -264,12 +293,14 @@ def _distillation_summary(config):
 def _print_summary(summary, rows, output_dir):
     teacher, student, baseline = summary["teacher"], summary["best_student"], summary["baseline_without_distillation"]
 
+    score = "mlm_accuracy" if "mlm_accuracy" in teacher or "mlm_accuracy" in student else "accuracy"
+
     def line(name, m):
-        acc = f"{100 * m['accuracy']:.2f}%" if m.get("accuracy") is not None else "n/a"
+        acc = f"{100 * m[score]:.2f}%" if m.get(score) is not None else "n/a"
         return f"  {name:<28} {acc:>9} {m['latency']:>9.2f} ms {m.get('params', 0) / 1e6:>8.2f}M"
 
     print("\n=== autodistill summary ===")
-    print(f"  {'':<28} {'accuracy':>9} {'latency':>12} {'params':>9}")
+    print(f"  {'':<28} {score.replace('mlm_accuracy', 'mlm acc'):>9} {'latency':>12} {'params':>9}")
     print(line("teacher", teacher))
     print(line("best student (distilled)", student))
     if baseline:

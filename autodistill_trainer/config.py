@@ -93,13 +93,19 @@ class TeacherArguments:
 
 @dataclass
 class DataArguments:
-    """The text-classification data."""
+    """The data: text classification (default) or a text corpus for MLM + next-sentence pretraining distillation."""
 
+    task: str = field(
+        default="text-classification",
+        metadata={"help": "'text-classification' (labelled texts; sequence-classification students) or 'pretraining' "
+                          "(a text corpus: MLM + next-sentence pairs of consecutive lines; *ForPreTraining students "
+                          "and teacher, metric mlm_accuracy)."},
+    )
     dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset name, or 'rotten_tomatoes_demo'."})
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset config (e.g. 'sst2')."})
     train_file: Optional[str] = field(default=None, metadata={"help": "Local csv/json training file."})
     validation_file: Optional[str] = field(default=None, metadata={"help": "Local csv/json validation file."})
-    text_column: str = field(default="text", metadata={"help": "Column with the text."})
+    text_column: str = field(default="text", metadata={"help": "Column with the text (pretraining: one line/segment per row)."})
     text_pair_column: Optional[str] = field(default=None, metadata={"help": "Optional second text column."})
     label_column: str = field(default="label", metadata={"help": "Column with the labels (int or string)."})
     max_length: int = field(default=128, metadata={"help": "Maximum tokens per example."})
@@ -352,6 +358,7 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
     if not evaluation.metrics or not all(isinstance(m, str) for m in evaluation.metrics):
         raise ConfigError("auto_distillation.evaluation.metrics must be a non-empty list of metric names.")
     validation.check_metric_names(evaluation.metrics, "auto_distillation.evaluation.metrics")
+    validation.check_task(data_args, teacher, model, evaluation)
 
     if not isinstance(auto.get("train") or {}, Mapping):
         raise ConfigError(f"auto_distillation.train must be a mapping of TrainingArguments, got {auto.get('train')!r}.")

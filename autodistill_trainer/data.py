@@ -1,4 +1,4 @@
-"""Dataset loading and tokenization for text classification, plus the offline demo data.
+"""Dataset loading and tokenization for text classification and MLM/NSP pretraining, plus the offline demo data.
 
 Every loader returns a :class:`datasets.DatasetDict` with the splits ``train`` and ``validation`` and the
 canonical columns ``text`` (str), optionally ``text_pair`` (str), and ``label`` (a :class:`datasets.ClassLabel`).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -362,6 +363,171 @@ def load_text_classification_data(
     return dataset, label_names
 
 
+# --------------------------------------------------------------------------------------------------- pretraining data
+
+# Bump when load_pretraining_data's pairs change, so datasets cached under their fingerprint are not reused.
+_PRETRAINING_PAIRS_VERSION = "1"
+_PRETRAINING_LOCAL_FORMATS = {**_LOCAL_FORMATS, ".txt": "text"}
+
+
+def _arrow_column(ds: Dataset, name: str) -> Any:
+    """A column as a pyarrow ChunkedArray, in the dataset's row order (selected/shuffled views included)."""
+    column = ds.data.column(name)
+    if ds._indices is not None:
+        column = column.take(ds._indices.column(0))
+    return column
+
+
+def _nonempty_lines(ds: Dataset, text_column: str) -> Any:
+    """The text column stripped of surrounding whitespace, without missing and empty lines (pyarrow, no copy
+    through Python)."""
+    import pyarrow.compute as pc
+
+    column = _arrow_column(ds, text_column)
+    if not (column.type == "string" or column.type == "large_string"):
+        raise ConfigError(f"text_column={text_column!r} holds {column.type}, not text.")
+    stripped = pc.utf8_trim_whitespace(column)
+    keep = pc.and_(pc.is_valid(stripped), pc.greater(pc.utf8_length(stripped), 0))
+    return pc.filter(stripped, pc.fill_null(keep, False))
+
+
+def build_nsp_pairs(lines: Any, seed: int, fingerprint: Optional[str] = None) -> Dataset:
+    """Sentence pairs for next-sentence prediction from consecutive lines of a corpus.
+
+    Every line but the last starts one pair: with probability 1/2 its second segment is the next line
+    (``next_sentence_label`` 0, "is next", BERT's convention) and otherwise a line drawn uniformly from the other
+    lines of the corpus, never the line itself or the next one (label 1, "random"). The draw is seeded, so the same
+    lines and seed give the same pairs on every call and machine.
+
+    Args:
+        lines: the non-empty lines in corpus order (a list of str or a pyarrow array of strings), at least 3.
+        seed: seed of the 50/50 choice and of the random lines.
+        fingerprint: the ``datasets`` fingerprint to give the result (default: derived from its content).
+
+    Returns:
+        A ``Dataset`` with columns ``text``, ``text_pair`` (str) and ``next_sentence_label`` (int64).
+    """
+    import numpy as np
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    lines = pa.chunked_array([pa.array(lines, type=pa.string())]) if isinstance(lines, list) else lines
+    n = len(lines)
+    if n < 3:
+        raise ConfigError(f"Next-sentence pairs need at least 3 non-empty lines of text, got {n}.")
+    rng = np.random.default_rng(seed)
+    first = np.arange(n - 1)
+    is_random = rng.random(n - 1) < 0.5
+    other = rng.integers(0, n - 2, size=n - 1)  # n - 2 candidates: every line but `first` and `first + 1`
+    other = other + 2 * (other >= first)
+    second = np.where(is_random, other, first + 1)
+    table = pa.table({
+        "text": lines.take(pa.array(first)),
+        "text_pair": lines.take(pa.array(second)),
+        "next_sentence_label": pa.array(is_random.astype(np.int64)),
+    })
+    return Dataset(InMemoryTable(table), fingerprint=fingerprint)
+
+
+def load_pretraining_data(
+    dataset_name: Optional[str] = None,
+    dataset_config_name: Optional[str] = None,
+    train_file: Optional[str] = None,
+    validation_file: Optional[str] = None,
+    text_column: str = "text",
+    validation_split_size: Optional[Union[int, float]] = None,
+    seed: int = 42,
+    cache_dir: Optional[str] = None,
+) -> DatasetDict:
+    """Load a text corpus as sentence pairs for MLM + next-sentence-prediction pretraining.
+
+    Sources, by priority: ``dataset_name="rotten_tomatoes_demo"`` (the offline snippets, for tests); a Hub data set
+    (``dataset_name`` + ``dataset_config_name``, e.g. ``("Salesforce/wikitext", "wikitext-103-raw-v1")``; the
+    evaluation split is the first of validation / valid / val / dev); local ``train_file`` / ``validation_file``
+    (``.txt``: one line per row; ``.csv`` / ``.tsv`` / ``.json`` / ``.jsonl`` with a ``text_column``).
+
+    Lines are stripped and empty ones dropped (wikitext separates paragraphs with empty lines), then each split
+    becomes :func:`build_nsp_pairs` (validation with ``seed + 1``). Without a validation split,
+    ``validation_split_size`` lines (an int) or that share of them (a float) are cut from the *end* of the train
+    lines, so consecutive lines stay consecutive in both parts.
+
+    Returns:
+        ``DatasetDict`` with ``train`` and ``validation``, columns ``text``, ``text_pair``, ``next_sentence_label``
+        (0: the second segment is the next line, 1: a random line). Tokenize it with :func:`tokenize_dataset` and
+        collate with ``DataCollatorForLanguageModeling`` (which masks tokens and keeps ``next_sentence_label``).
+
+    Raises:
+        ConfigError: no source, a missing text column (the message lists the columns), too few lines, or no
+            validation data.
+    """
+    import pyarrow.compute as pc
+    from datasets.fingerprint import Hasher
+
+    if dataset_name == DEMO_DATASET_NAME:
+        raw = load_rotten_tomatoes_demo(seed=seed).remove_columns("label")
+        text_column = "text"
+    elif dataset_name:
+        if train_file or validation_file:
+            raise ConfigError("Give either dataset_name or train_file/validation_file, not both.")
+        logger.info("Loading corpus %s (config %s)", dataset_name, dataset_config_name)
+        loaded = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        if "train" not in loaded:
+            raise ConfigError(f"Data set {dataset_name!r} has no 'train' split; splits: {list(loaded)}.")
+        raw = DatasetDict({"train": loaded["train"]})
+        val_name = next((name for name in _VALIDATION_SPLIT_NAMES if name in loaded), None)
+        if val_name is not None:
+            raw["validation"] = loaded[val_name]
+    elif train_file:
+        files = {split: path for split, path in (("train", train_file), ("validation", validation_file)) if path}
+        builders = set()
+        for path in files.values():
+            suffix = Path(path).suffix.lower()
+            if suffix not in _PRETRAINING_LOCAL_FORMATS:
+                raise ConfigError(f"Data file {path!r}: unsupported extension {suffix!r}; use one of "
+                                  f"{sorted(_PRETRAINING_LOCAL_FORMATS)}.")
+            if not os.path.isfile(path):
+                raise ConfigError(f"Data file {path!r} does not exist.")
+            builders.add(_PRETRAINING_LOCAL_FORMATS[suffix])
+        if builders == {"text"}:
+            logger.info("Loading local text files %s", files)
+            raw = datasets.load_dataset("text", data_files=files, cache_dir=cache_dir)
+            text_column = "text"
+        else:
+            raw = _load_local(train_file, validation_file, cache_dir)
+    else:
+        raise ConfigError(
+            f"No data: set dataset_name (a Hub corpus, or {DEMO_DATASET_NAME!r} offline) or train_file (e.g. a .txt file)."
+        )
+    _check_column(raw, text_column, "text_column")
+
+    lines = {split: _nonempty_lines(ds, text_column) for split, ds in raw.items()}
+    if "validation" not in lines:
+        if validation_split_size is None:
+            raise ConfigError(
+                "No validation data: give validation_file, or validation_split_size (an int count or a float "
+                "share of the lines) to hold out the end of the train split."
+            )
+        n = len(lines["train"])
+        n_val = int(validation_split_size) if float(validation_split_size) >= 1 else math.ceil(validation_split_size * n)
+        if not 3 <= n_val <= n - 3:
+            raise ConfigError(f"validation_split_size={validation_split_size!r} leaves {n_val} of {n} lines for "
+                              "validation; both parts need at least 3 lines.")
+        lines = {"train": lines["train"].slice(0, n - n_val), "validation": lines["train"].slice(n - n_val)}
+    elif validation_split_size is not None:
+        logger.warning("validation_split_size=%s is ignored: the data already has a validation split.",
+                       validation_split_size)
+
+    out = {}
+    for offset, (split, split_lines) in enumerate(sorted(lines.items(), key=lambda item: item[0] != "train")):
+        source = raw[split]._fingerprint if split in raw else raw["train"]._fingerprint
+        key = Hasher.hash((source, split, len(split_lines), seed + offset, text_column, _PRETRAINING_PAIRS_VERSION))
+        out[split] = build_nsp_pairs(split_lines, seed + offset, fingerprint=key)
+        logger.info("Pretraining pairs %s: %d pairs from %d non-empty lines (%d of them random second segments)",
+                    split, len(out[split]), len(split_lines),
+                    pc.sum(out[split].data.column("next_sentence_label")).as_py())
+    return DatasetDict(out)
+
+
 # --------------------------------------------------------------------------------------------------- tokenization
 
 
@@ -378,7 +544,8 @@ def tokenize_dataset(
     """Tokenize every split once (batched ``map``), truncated to ``max_length`` and not padded.
 
     The collator (e.g. ``DataCollatorWithPadding``) pads each batch dynamically. Raw text columns are removed and
-    ``label`` is renamed ``labels`` (the name the models' forward expects).
+    ``label`` is renamed ``labels`` (the name the models' forward expects); ``next_sentence_label`` (pretraining
+    pairs, see :func:`load_pretraining_data`) is kept as it is.
 
     Caching: a data set backed by cache files (loaded from the Hub or from local files) uses ``datasets``'
     fingerprint cache next to its files. An in-memory data set (e.g. the demo) is cached under ``cache_dir`` in a
@@ -400,7 +567,7 @@ def tokenize_dataset(
             pair = batch["text_pair"] if has_pair else None
             return tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
 
-        remove = [c for c in ds.column_names if c != "label"]
+        remove = [c for c in ds.column_names if c not in ("label", "next_sentence_label")]
         key = Hasher.hash((ds._fingerprint, tok_hash, max_length, has_pair, _TOKENIZE_CACHE_VERSION))
         kwargs: dict[str, Any] = {"new_fingerprint": key}
         if not ds.cache_files and cache_dir is not None:

@@ -32,7 +32,7 @@ _AXIS_LABELS = {
     "params": "Parameters",
     "flops": "FLOPs",
 }
-_PERCENT_METRICS = {"accuracy", "f1", "precision", "recall"}
+_PERCENT_METRICS = {"accuracy", "f1", "precision", "recall", "mlm_accuracy"}
 
 
 # --------------------------------------------------------------------------------------------------- formatting
@@ -297,6 +297,7 @@ def write_model_card(
     search_summary: dict,
     base_model: Optional[str],
     model_id: Optional[str] = None,
+    pipeline_tag: str = "text-classification",
 ) -> Path:
     """Write ``README.md`` (a Hugging Face model card) for the distilled student in ``output_dir``.
 
@@ -310,12 +311,14 @@ def write_model_card(
             "dataset": "rotten_tomatoes_demo", "distillation": "flash + regular"}``; other keys are listed as well.
         base_model: the teacher's id or path (goes to the ``base_model`` metadata), or None.
         model_id: the id or path to show in the usage snippet (default: ``output_dir``).
+        pipeline_tag: ``"text-classification"`` (a classifier) or ``"fill-mask"`` (a pretraining student: its
+            ``*ForPreTraining`` checkpoint loads with ``AutoModelForMaskedLM``); sets the metadata and the snippet.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model_ref = model_id or str(output_dir)
 
-    front = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:",
+    front = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags:",
              "- distillation", "- mobilebert", "- autodistill-trainer"]
     if base_model:
         front.append(f"base_model: {base_model}")
@@ -382,8 +385,10 @@ def write_model_card(
         "```python",
         "from transformers import pipeline",
         "",
-        f'classifier = pipeline("text-classification", model="{model_ref}")',
-        'print(classifier("A gripping, beautifully acted film."))',
+        *([f'fill_mask = pipeline("fill-mask", model="{model_ref}")',
+           'print(fill_mask(f"The movie was {fill_mask.tokenizer.mask_token}."))'] if pipeline_tag == "fill-mask" else
+          [f'classifier = pipeline("text-classification", model="{model_ref}")',
+           'print(classifier("A gripping, beautifully acted film."))']),
         "```",
         "",
     ]

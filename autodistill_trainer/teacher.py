@@ -8,7 +8,14 @@ import logging
 import os
 from typing import Any, Mapping
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+)
 
 from .errors import ConfigError
 
@@ -54,6 +61,13 @@ def load_teacher(name_or_path: str, label_names: list[str], trust_remote_code: b
             f"{len(label_names)} ({label_names}); use a teacher fine-tuned on this task, or "
             "teacher.pretrained_encoder to fine-tune one."
         )
+    return model.eval()
+
+
+def load_pretraining_teacher(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a pretrained teacher with its MLM and next-sentence heads (``AutoModelForPreTraining``) for
+    ``data.task: pretraining``; e.g. ``bert-large-uncased`` gives a ``BertForPreTraining``."""
+    model = AutoModelForPreTraining.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     return model.eval()
 
 

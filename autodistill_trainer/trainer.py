@@ -341,6 +341,7 @@ class DistillationTrainer(Trainer):
             evaluator = Trainer(
                 model=model, args=dataclasses.replace(self.args, report_to=[]), eval_dataset=self.eval_dataset,
                 data_collator=self._base_collator(), compute_metrics=self.compute_metrics,
+                preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
             )
             metrics = evaluator.evaluate()
             return {k.removeprefix("eval_"): v for k, v in metrics.items() if isinstance(v, (int, float))}

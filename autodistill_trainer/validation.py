@@ -185,6 +185,56 @@ def check_metric_names(metrics: list[str], key: str) -> None:
             )
 
 
+DATA_TASKS = ("text-classification", "pretraining")
+
+
+def check_task(data: Any, teacher: Any, model: Any, evaluation: Any) -> None:
+    """``data.task`` is known and the teacher, student class and metrics suit it.
+
+    ``pretraining`` distils a pretrained teacher (``teacher.model_name_or_path``, loaded with
+    ``AutoModelForPreTraining``) into ``*ForPreTraining`` students on MLM + next-sentence pairs, scored by
+    token-level metrics (``mlm_accuracy``). There is no fine-tuning in pretraining, so ``teacher.pretrained_encoder``
+    (an encoder the CLI fine-tunes on labels first) is refused rather than silently reinterpreted.
+    """
+    from .metrics import TOKEN_LEVEL_METRICS
+
+    if data.task not in DATA_TASKS:
+        raise ConfigError(f"data.task {data.task!r} is not supported; use one of {list(DATA_TASKS)}."
+                          + did_you_mean(str(data.task), DATA_TASKS))
+    token_level = [m for m in evaluation.metrics if m.partition(":")[0] in TOKEN_LEVEL_METRICS]
+    if data.task == "text-classification":
+        if token_level:
+            raise ConfigError(
+                f"auto_distillation.evaluation.metrics: {token_level} score masked tokens; they need data.task: "
+                "pretraining (text classification uses e.g. accuracy, f1)."
+            )
+        return
+    if teacher.pretrained_encoder:
+        raise ConfigError(
+            "teacher.pretrained_encoder is an encoder the CLI fine-tunes on labels, which data.task: pretraining has "
+            "none of; give teacher.model_name_or_path: a pretrained model with MLM + next-sentence heads "
+            "(e.g. bert-large-uncased, loaded with AutoModelForPreTraining)."
+        )
+    if data.text_pair_column:
+        raise ConfigError("data.text_pair_column is not used by data.task: pretraining (the pairs are consecutive "
+                          "lines of data.text_column); remove it.")
+    if len(token_level) != len(evaluation.metrics):
+        raise ConfigError(
+            f"auto_distillation.evaluation.metrics {evaluation.metrics}: data.task: pretraining evaluates masked-token "
+            f"predictions; use metrics: [mlm_accuracy] (and search metrics such as [mlm_accuracy, latency])."
+        )
+    cls = student_class(model.student_class)
+    forward = getattr(cls, "forward", None)
+    if not model.student_class.startswith("Auto") and forward is not None:
+        import inspect
+
+        if "next_sentence_label" not in inspect.signature(forward).parameters:
+            raise ConfigError(
+                f"model.student_class {model.student_class!r} does not take next_sentence_label; data.task: "
+                "pretraining trains MLM + next-sentence students such as MobileBertForPreTraining."
+            )
+
+
 # ------------------------------------------------------------------------------------------------- paths
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -351,8 +401,10 @@ def student_module_names(cls: Any, base_config: Any, search_space: Mapping[str, 
         return None
 
 
-def teacher_module_names(teacher: Any) -> set[str] | None:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def teacher_module_names(teacher: Any, task: str = "text-classification") -> set[str] | None:
+    from transformers import AutoConfig, AutoModelForPreTraining, AutoModelForSequenceClassification
+
+    auto_cls = AutoModelForPreTraining if task == "pretraining" else AutoModelForSequenceClassification
 
     source = teacher.model_name_or_path or teacher.pretrained_encoder
     key = "teacher.model_name_or_path" if teacher.model_name_or_path else "teacher.pretrained_encoder"
@@ -364,7 +416,7 @@ def teacher_module_names(teacher: Any) -> set[str] | None:
         return None
     try:
         return _module_names_on_meta(
-            lambda: AutoModelForSequenceClassification.from_config(config, trust_remote_code=teacher.trust_remote_code)
+            lambda: auto_cls.from_config(config, trust_remote_code=teacher.trust_remote_code)
         )
     except Exception as error:
         logger.info("could not instantiate the teacher on the meta device (%s); skipping the module-name check", error)
@@ -396,7 +448,7 @@ def check_module_names(flash: Any, regular: Any, model: Any, teacher: Any, data:
         if known is not None:
             _check_names(student_names, known, f"the student ({cls.__name__})")
     if teacher_names:
-        known = teacher_module_names(teacher)
+        known = teacher_module_names(teacher, getattr(data, "task", "text-classification"))
         if known is not None:
             _check_names(teacher_names, known, "the teacher")
 

@@ -125,7 +125,7 @@ CASES = [
     ("unknown_loss_type", _set("auto_distillation.regular_distillation.loss_types", ["KLD"]), [], "unknown loss type 'KLD'; known loss types: CE, Cos, KL, L1, MSE. Did you mean: 'KL'?"),
     ("unknown_search_algorithm", _set("auto_distillation.search.search_algorithm", "bayes"), [], "'search.search_algorithm' is 'bayes'; choose one of ['BO', 'TPE', 'NSGA2', 'random', 'grid']."),
     ("unknown_student_class", _set("model.student_class", "MobileBertForSequenceClasification"), [], "model.student_class 'MobileBertForSequenceClasification' is not a transformers model class. Did you mean: 'MobileBertForSequenceClassification'"),
-    ("unknown_metric", _set("auto_distillation.evaluation.metrics", ["acuracy"]), [], "auto_distillation.evaluation.metrics: 'acuracy' is not a shipped metric (accuracy, f1) nor a local path. Did you mean: 'accuracy'?"),
+    ("unknown_metric", _set("auto_distillation.evaluation.metrics", ["acuracy"]), [], "auto_distillation.evaluation.metrics: 'acuracy' is not a shipped metric (accuracy, f1, mlm_accuracy) nor a local path. Did you mean: 'accuracy'?"),
     ("unknown_report_to", _set("auto_distillation.train.report_to", "wandbx"), [], "auto_distillation.train.report_to: unknown integration 'wandbx'"),
     ("unknown_teacher_dtype", _set("teacher.dtype", "float17"), [], "teacher.dtype 'float17' is not a floating dtype"),
     ("unknown_offline_teacher", _set("teacher.pretrained_encoder", "offline:minilm"), [], "teacher.pretrained_encoder: unknown offline model 'minilm'"),

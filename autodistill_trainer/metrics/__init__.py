@@ -1,7 +1,8 @@
 """Evaluation metrics that work offline, and a ``compute_metrics`` builder for the Trainer.
 
-``accuracy`` and ``f1`` ship with the package as ``evaluate`` metric scripts (``metrics/accuracy/accuracy.py``,
-``metrics/f1/f1.py``) and are loaded by local path, so the default evaluation needs no Hub access
+``accuracy``, ``f1`` and ``mlm_accuracy`` (masked-token accuracy, for pretraining) ship with the package as
+``evaluate`` metric scripts (``metrics/accuracy/accuracy.py``, ``metrics/f1/f1.py``,
+``metrics/mlm_accuracy/mlm_accuracy.py``) and are loaded by local path, so the default evaluation needs no Hub access
 (``evaluate.load("accuracy")`` would download the script from the Hub and fails offline; loading a local path
 works with ``HF_HUB_OFFLINE=1`` in evaluate 0.4.6).
 
@@ -27,7 +28,11 @@ METRICS_DIR = Path(__file__).resolve().parent
 SHIPPED_METRICS: dict[str, str] = {
     "accuracy": str(METRICS_DIR / "accuracy"),
     "f1": str(METRICS_DIR / "f1"),
+    "mlm_accuracy": str(METRICS_DIR / "mlm_accuracy"),
 }
+#: Metrics scored per token on masked-language-model predictions (``data.task: pretraining``): their
+#: ``compute_metrics`` reads token ids kept by :func:`preprocess_mlm_logits` and the MLM labels.
+TOKEN_LEVEL_METRICS = frozenset({"mlm_accuracy"})
 
 
 def split_metric_name(spec: str) -> tuple[str, Optional[str]]:
@@ -93,6 +98,12 @@ def build_compute_metrics(
     unknown = set(metric_kwargs) - set(metric_names)
     if unknown:
         raise ConfigError(f"metric_kwargs has entries {sorted(unknown)} that are not in metric_names {metric_names}.")
+    token_level = [spec for spec in metric_names if split_metric_name(spec)[0] in TOKEN_LEVEL_METRICS]
+    if token_level and len(token_level) != len(metric_names):
+        raise ConfigError(
+            f"metrics {token_level} score masked tokens (pretraining) and cannot be mixed with sequence-level "
+            f"metrics {[m for m in metric_names if m not in token_level]}."
+        )
     loaded = [(spec, load_metric(spec)) for spec in metric_names]
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
@@ -101,13 +112,22 @@ def build_compute_metrics(
         if isinstance(logits, (tuple, list)):  # models that also return hidden states / attentions
             logits = logits[0]
         logits = np.asarray(logits)
-        labels = np.asarray(labels)
-        if logits.ndim > 1 and logits.shape[-1] > 1:
+        if token_level:  # (N, L) token ids from preprocess_mlm_logits (or (N, L, vocab) logits); labels: MLM first
+            if isinstance(labels, (tuple, list)):
+                labels = labels[0]
+            labels = np.asarray(labels)
+            token_ids = logits.argmax(axis=-1) if logits.ndim == labels.ndim + 1 else logits
+            scored = labels != -100
+            predictions, labels = token_ids[scored], labels[scored]
+            num_classes = 0
+        elif logits.ndim > 1 and logits.shape[-1] > 1:
             predictions = logits.argmax(axis=-1)
             num_classes = logits.shape[-1]
         else:
             predictions = logits.reshape(-1)
             num_classes = 1
+        if not token_level:
+            labels = np.asarray(labels)
         results: dict[str, float] = {}
         for spec, metric in loaded:
             kwargs = dict(metric_kwargs.get(spec, {}))
@@ -126,4 +146,26 @@ def build_compute_metrics(
     return compute_metrics
 
 
-__all__ = ["SHIPPED_METRICS", "METRICS_DIR", "load_metric", "build_compute_metrics", "split_metric_name"]
+def preprocess_mlm_logits(logits: Any, labels: Any) -> Any:
+    """``Trainer(preprocess_logits_for_metrics=...)`` for masked-LM models: keep the argmax token ids only.
+
+    The MLM logits are the first output (``prediction_logits`` of ``*ForPreTraining``, ``logits`` of
+    ``*ForMaskedLM``); keeping ``(batch, length)`` ids instead of ``(batch, length, vocab)`` logits lets evaluation
+    of a large set fit in memory.
+    """
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def build_preprocess_logits_for_metrics(metric_names: list[str]) -> Optional[Callable[[Any, Any], Any]]:
+    """:func:`preprocess_mlm_logits` when the metrics are token-level (``mlm_accuracy``), else None."""
+    if any(split_metric_name(spec)[0] in TOKEN_LEVEL_METRICS for spec in metric_names):
+        return preprocess_mlm_logits
+    return None
+
+
+__all__ = [
+    "SHIPPED_METRICS", "TOKEN_LEVEL_METRICS", "METRICS_DIR", "load_metric", "build_compute_metrics",
+    "build_preprocess_logits_for_metrics", "preprocess_mlm_logits", "split_metric_name",
+]
