@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from typing import Any, Mapping, Sequence
@@ -36,21 +37,22 @@ def filter_model_inputs(inputs: Mapping[str, Any], accepted: set[str] | None) ->
     }
 
 
-def position_mask(feature: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The mask of real positions of `feature`'s leading dimensions, from a (B, L) attention mask.
+def real_positions(feature: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """The rows of `feature` at real (non-padded) positions, and whether a selection was made.
 
-    ``(B, L, D)`` features get ``(B, L)``; attention maps ``(B, H, L, L)`` get ``(B, 1, L)`` (padded
-    query rows ignored; padded key columns are ~0 in both maps); other shapes (``(B, C)`` logits) get None.
+    ``(B, L, D)`` -> ``(N, D)``; attention maps ``(B, H, L, L)`` -> ``(N, H, L)`` (real query rows);
+    other shapes, or no mask, are returned unchanged. Losses then average over rows, which equals the
+    masked mean over real positions while doing no work on padding.
     """
-    if attention_mask is None:
-        return None
-    batch, length = attention_mask.shape
-    mask = attention_mask.to(device=feature.device).bool()
+    if mask is None:
+        return feature, False
+    batch, length = mask.shape
+    mask = mask.to(device=feature.device, dtype=torch.bool)
     if feature.ndim == 3 and tuple(feature.shape[:2]) == (batch, length):
-        return mask
+        return feature[mask], True
     if feature.ndim == 4 and feature.shape[0] == batch and feature.shape[2] == length:
-        return mask[:, None, :]
-    return None
+        return feature.transpose(1, 2)[mask], True
+    return feature, False
 
 
 def average_heads(attention: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -159,6 +161,8 @@ class IntermediateLayersKnowledgeDistillationLoss:
         self._disabled_dropouts: list[tuple[nn.Dropout, float]] = []
         self.last_loss_terms: dict[str, torch.Tensor] = {}
 
+        self._student_mask: torch.Tensor | None = None
+        self._mask_hook = student_model.register_forward_pre_hook(self._record_student_mask, with_kwargs=True)
         self._set_up(probe_inputs)
         self.loss_funcs: list[FeatureLoss] = self.init_loss_funcs()
         self._teacher_stop_key = None
@@ -173,6 +177,15 @@ class IntermediateLayersKnowledgeDistillationLoss:
             seen[name] = seen.get(name, 0) + 1
             names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
         return names
+
+    def _record_student_mask(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        self._student_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+
+    def _match(self, i: int, value: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Feature matcher ``i`` on the real positions of a captured student feature (inside the forward)."""
+        rows, selected = real_positions(value, self._student_mask)
+        return self.feature_matchers[str(i)](rows), selected
 
     def _dummy_batch(self) -> dict[str, torch.Tensor]:
         vocab, max_len = [], []
@@ -275,7 +288,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
             )
             mapping = self.layer_mappings[i]
             self._student_capture.add_transform(
-                mapping.student_layer, mapping.student_process, ("matched", i), self.feature_matchers[str(i)]
+                mapping.student_layer, mapping.student_process, ("matched", i), functools.partial(self._match, i)
             )
             logger.info("%s: feature matcher Linear(%d, %d) added.", where, student.shape[-1], teacher.shape[-1])
             return
@@ -353,23 +366,33 @@ class IntermediateLayersKnowledgeDistillationLoss:
         try:
             total = None
             terms: dict[str, torch.Tensor] = {}
+            mask = self.attention_mask
             for i, mapping in enumerate(self.layer_mappings):
-                if str(i) in self.feature_matchers:
-                    student = self._student_capture.features[("matched", i)]  # matched inside the forward
+                if str(i) in self.feature_matchers:  # matched inside the forward, on real rows when it could
+                    self._student_capture.get(mapping.student_layer, mapping.student_process)
+                    student, student_rows = self._student_capture.features[("matched", i)]
                 else:
                     student = self._student_capture.get(mapping.student_layer, mapping.student_process)
+                    student_rows = False
                 if teacher_outputs is not None:
                     teacher = teacher_outputs[i]
                 else:
                     teacher = self._teacher_capture.get(mapping.teacher_layer, mapping.teacher_process)
                 teacher = teacher.to(device=student.device, dtype=student.dtype)
-                student, teacher = self._align_heads(i, student, teacher)
-                mask = position_mask(teacher, self.attention_mask)
-                loss = self.loss_funcs[i](student, teacher, mask)
+                if not student_rows:
+                    student, teacher = self._align_heads(i, student, teacher)
+                    student, _ = real_positions(student, mask)
+                teacher, per_token = real_positions(teacher, mask)
+                if student.shape != teacher.shape:
+                    raise RuntimeError(
+                        f"{self.loss_names[i]}: student rows {tuple(student.shape)} and teacher rows {tuple(teacher.shape)} "
+                        "differ: the student and the teacher saw different attention masks in this step."
+                    )
+                loss = self.loss_funcs[i](student, teacher)
                 terms[self.loss_names[i]] = loss.detach()
                 weighted = self.loss_weights[i] * loss
                 if scales is not None:
-                    weighted = weighted * scales["token" if mask is not None else "sample"]
+                    weighted = weighted * scales["token" if per_token else "sample"]
                 total = weighted if total is None else total + weighted
             self.last_loss_terms = terms
             return total
@@ -401,6 +424,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
 
     def remove_hooks(self) -> None:
         """Remove all hooks and restore the attention dropout that set-up turned off."""
+        self._mask_hook.remove()
         self._student_capture.remove()
         self._teacher_capture.remove()
         for dropout, p in self._disabled_dropouts:

@@ -123,10 +123,13 @@ class TeacherOutputCache:
         return TeacherCacheCollator(self.data_collator)
 
     # ------------------------------------------------------------------ building
-    def _batches(self, dataset) -> Iterable[dict[str, torch.Tensor]]:
+    def _batches(self, dataset, order: Sequence[int] | None = None) -> Iterable[dict[str, torch.Tensor]]:
+        """Collated batches of `dataset` (in `order` when given), without cached teacher columns."""
         columns = [c for c in dataset.column_names if not c.startswith(COLUMN_PREFIX)]
-        for start in range(0, len(dataset), self.batch_size):
-            rows = dataset.select_columns(columns)[start : start + self.batch_size]
+        plain = dataset.select_columns(columns)
+        order = list(range(len(dataset))) if order is None else list(order)
+        for start in range(0, len(order), self.batch_size):
+            rows = plain[order[start : start + self.batch_size]]
             features = [dict(zip(rows, values)) for values in zip(*rows.values())]
             yield self.data_collator(features)
 
@@ -223,20 +226,34 @@ class TeacherOutputCache:
         self.passes += 1
         tmp = path + ".tmp"
         writer = datasets.arrow_writer.ArrowWriter(features=features, path=tmp)
+        # Batches of similar lengths (sorted within windows, so padding costs little and memory stays
+        # bounded); each window's rows are written back in dataset order.
+        lengths = [len(ids) for ids in dataset["input_ids"]] if "input_ids" in dataset.column_names else None
+        window = self.batch_size * 32
         try:
             from tqdm.auto import tqdm
 
-            for batch in tqdm(self._batches(dataset), total=-(-len(dataset) // self.batch_size), desc="teacher outputs"):
-                outputs = self._run_teacher(batch, mappings)
-                mask = batch["attention_mask"].bool().numpy() if "attention_mask" in batch else None
-                rows: dict[str, list] = {}
-                for column, tensor in zip(columns, outputs):
-                    array = tensor.detach().to(torch.float16).cpu().numpy()
-                    if kinds[column] == "token":  # keep the real positions only
-                        rows[column] = [array[i][mask[i]] if mask is not None else array[i] for i in range(len(array))]
-                    else:
-                        rows[column] = list(array)
-                writer.write_batch(rows)
+            progress = tqdm(total=len(dataset), desc="teacher outputs", unit="ex")
+            for start in range(0, len(dataset), window):
+                indices = list(range(start, min(start + window, len(dataset))))
+                if lengths is not None:
+                    indices.sort(key=lambda i: lengths[i])
+                rows: dict[str, dict[int, Any]] = {c: {} for c in columns}
+                for offset in range(0, len(indices), self.batch_size):
+                    batch_indices = indices[offset : offset + self.batch_size]
+                    batch = next(iter(self._batches(dataset, batch_indices)))
+                    outputs = self._run_teacher(batch, mappings)
+                    mask = batch["attention_mask"].bool().numpy() if "attention_mask" in batch else None
+                    for column, tensor in zip(columns, outputs):
+                        array = tensor.detach().to(torch.float16).cpu().numpy()
+                        for j, index in enumerate(batch_indices):
+                            # token features keep their real positions only
+                            keep = array[j][mask[j]] if kinds[column] == "token" and mask is not None else array[j]
+                            rows[column][index] = keep
+                    progress.update(len(batch_indices))
+                ordered = sorted(rows[columns[0]])
+                writer.write_batch({c: [rows[c][i] for i in ordered] for c in columns})
+            progress.close()
             writer.finalize()
         finally:
             writer.close()

@@ -363,19 +363,23 @@ class DistillationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         student_inputs = {k: v for k, v in inputs.items() if not k.startswith("teacher_")}
-        outputs = model(**student_inputs)
-        origin_loss = _output_loss(outputs) if "labels" in inputs else None
         if not model.training:
+            outputs = model(**student_inputs)
+            origin_loss = _output_loss(outputs) if "labels" in inputs else None
             self.criterion.clear_features()
             return (origin_loss, outputs) if return_outputs else origin_loss
 
-        scales = self._accumulation_scales(inputs)
-        if self._cached_columns and all(c in inputs for c in self._cached_columns):
+        cached = bool(self._cached_columns) and all(c in inputs for c in self._cached_columns)
+        if cached:
             self.criterion.attention_mask = inputs.get("attention_mask")
-            loss = self.criterion.loss_cal(teacher_outputs=[inputs[c] for c in self._cached_columns], scales=scales)
         else:
+            # The teacher runs first: its transient activations are freed before the student allocates its own.
             self.criterion.teacher_model_forward(inputs)
-            loss = self.criterion.loss_cal(scales=scales)
+        outputs = model(**student_inputs)
+        origin_loss = _output_loss(outputs) if "labels" in inputs else None
+        scales = self._accumulation_scales(inputs)
+        teacher_outputs = [inputs[c] for c in self._cached_columns] if cached else None
+        loss = self.criterion.loss_cal(teacher_outputs=teacher_outputs, scales=scales)
         terms = dict(self.criterion.last_loss_terms)
         if self.criterion.add_origin_loss and origin_loss is not None:
             loss = loss + origin_loss * scales["labels"]

@@ -272,3 +272,14 @@ def test_shapes_no_matcher_can_bridge_are_rejected(bert_teacher):
              ("mobilebert.encoder.layer.1.attention.self", "1", "bert.encoder.layer.1.attention.self", lambda o: o[1][..., :4])],
             ["KL", "KL"],
         )
+
+
+def test_matchers_and_losses_work_on_real_positions_only(bert_teacher, mobilebert_student):
+    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"])
+    seen = []
+    criterion.feature_matchers["1"].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    batch = random_batch(batch_size=4, seq_len=10, pad_last=3)  # 40 positions, 3 of them padding
+    criterion.teacher_model_forward(batch)
+    mobilebert_student(**batch)
+    criterion.loss_cal()
+    assert seen == [(37, 16)]
