@@ -266,7 +266,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
                 "teacher" if t_heads % s_heads == 0 else "student" if s_heads % t_heads == 0 else "both"
             )
             student, teacher = self._align_heads(i, student, teacher)
-            logger.info(
+            logger.debug(
                 "%s: student has %d heads, teacher %d: averaging %s heads in groups.",
                 where, s_heads, t_heads, self.head_alignment[i] if self.head_alignment[i] != "both" else "all",
             )
@@ -276,7 +276,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
             if isinstance(dropout, nn.Dropout) and dropout.p > 0:
                 self._disabled_dropouts.append((dropout, dropout.p))
                 dropout.p = 0.0
-                logger.info("%s: attention dropout of the student's mapped attention set to 0 (was %s).", where, self._disabled_dropouts[-1][1])
+                logger.debug("%s: attention dropout of the student's mapped attention set to 0 (was %s).", where, self._disabled_dropouts[-1][1])
         if student.shape == teacher.shape:
             return
         if student.shape[:-1] == teacher.shape[:-1] and not is_attention_map:
@@ -290,7 +290,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
             self._student_capture.add_transform(
                 mapping.student_layer, mapping.student_process, ("matched", i), functools.partial(self._match, i)
             )
-            logger.info("%s: feature matcher Linear(%d, %d) added.", where, student.shape[-1], teacher.shape[-1])
+            logger.debug("%s: feature matcher Linear(%d, %d) added.", where, student.shape[-1], teacher.shape[-1])
             return
         raise ConfigError(
             f"{where}: student feature has shape {tuple(student.shape)} and teacher feature "

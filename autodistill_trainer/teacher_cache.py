@@ -146,7 +146,7 @@ class TeacherOutputCache:
                 kinds[column] = "token"
             else:
                 shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                logger.info("teacher feature %s is not cacheable (shape %s): the live teacher is used.", mapping.teacher_layer, shape)
+                logger.debug("teacher feature %s is not cacheable (shape %s): the live teacher is used.", mapping.teacher_layer, shape)
                 return None, None
             sizes[column] = int(tensor.shape[-1])
         return kinds, sizes
