@@ -97,7 +97,7 @@ def _flatten(rows: list[dict]) -> tuple[list[str], list[dict[str, Any]]]:
                 metric_keys.append(key)
             flat[key if key not in known else f"metric.{key}"] = value
         for key, value in row.items():
-            if key not in known:
+            if key not in known and key not in metric_keys:  # e.g. a top-level copy of a metric (latency)
                 if key not in extra_keys:
                     extra_keys.append(key)
                 flat[key] = value

@@ -344,7 +344,10 @@ class DistillationTrainer(Trainer):
                 preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
             )
             metrics = evaluator.evaluate()
-            return {k.removeprefix("eval_"): v for k, v in metrics.items() if isinstance(v, (int, float))}
+            return {
+                name: value for name, value in ((k.removeprefix("eval_"), v) for k, v in metrics.items())
+                if isinstance(value, (int, float)) and name not in _EVALUATION_BOOKKEEPING
+            }
 
         agent = AutoDistillation(
             model_builder, config, train_func=train_func or train_func_builtin, eval_func=eval_func or eval_func_builtin,
@@ -428,6 +431,10 @@ class DistillationTrainer(Trainer):
             logs.update({name: round(float(v), 6) for name, v in zip(names, means.tolist())})
             self._kd_term_sums, self._kd_term_count = {}, 0
         super().log(logs, start_time)
+
+
+#: Keys of `Trainer.evaluate()` that describe the evaluation run rather than the model.
+_EVALUATION_BOOKKEEPING = {"runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time"}
 
 
 def arch_slug(model: nn.Module, keys: list[str]) -> str:

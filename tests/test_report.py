@@ -79,3 +79,11 @@ def test_model_card_has_arch_metrics_and_pipeline_snippet(tmp_path):
     assert "8.5x" in card  # 18.6 / 2.2
     assert "0.7910" in card and "0.8520" in card
     assert "BO" in card and "recipes/demo.yaml" in card
+
+
+def test_a_metric_also_at_the_top_level_of_a_row_gets_one_column(tmp_path):
+    rows = [{"number": 0, "state": "COMPLETE", "arch": {"hidden_size": 64}, "metrics": {"accuracy": 0.8, "latency": 2.0},
+             "latency": 2.0, "params": 10, "status": "trained"}]
+    _, md_path = write_results_table(rows, tmp_path)
+    header = md_path.read_text().splitlines()[0]
+    assert header.count("latency") == 1 and "status" in header
