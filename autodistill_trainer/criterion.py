@@ -56,7 +56,8 @@ def real_positions(feature: torch.Tensor, mask: torch.Tensor | None) -> tuple[to
 
 
 def average_heads(attention: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Average ``(B, H, L, L)`` attention maps in contiguous groups of ``H // num_heads`` heads."""
+    """Average attention maps ``(B, H, L, L)`` (or their real rows ``(N, H, L)``) in contiguous groups of
+    ``H // num_heads`` heads (dimension 1)."""
     batch, heads = attention.shape[:2]
     if heads == num_heads:
         return attention
@@ -379,10 +380,11 @@ class IntermediateLayersKnowledgeDistillationLoss:
                 else:
                     teacher = self._teacher_capture.get(mapping.teacher_layer, mapping.teacher_process)
                 teacher = teacher.to(device=student.device, dtype=student.dtype)
-                if not student_rows:
-                    student, teacher = self._align_heads(i, student, teacher)
-                    student, _ = real_positions(student, mask)
                 teacher, per_token = real_positions(teacher, mask)
+                if not student_rows:
+                    # real rows first ((B, H, L, L) -> (N, H, L)), then heads: no work on padded rows
+                    student, _ = real_positions(student, mask)
+                    student, teacher = self._align_heads(i, student, teacher)
                 if student.shape != teacher.shape:
                     raise RuntimeError(
                         f"{self.loss_names[i]}: student rows {tuple(student.shape)} and teacher rows {tuple(teacher.shape)} "
