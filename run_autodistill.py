@@ -31,8 +31,8 @@ def _keep_freed_memory() -> None:
     """Ask glibc to keep freed heap memory instead of returning it to the kernel after every step.
 
     With its default dynamic thresholds, glibc trims the heap top after each training step and page-faults
-    it back in on the next (tens of thousands of minor faults per distillation step, measured with
-    bench/proposed_changes.py --mallopt). Process-wide, so done here in the CLI, never in the library.
+    it back in on the next (thousands of minor faults per distillation step; see bench/README.md).
+    Process-wide, so done here in the CLI, never in the library.
     """
     try:
         import ctypes
