@@ -280,6 +280,21 @@ def _encode_labels(dataset: DatasetDict, label_names: Optional[list[str]] = None
     return dataset, names
 
 
+def _load_hub_splits(dataset_name: str, config_name: Optional[str], cache_dir: Optional[str], local_files: Any) -> DatasetDict:
+    """A Hub data set's train split and its validation split (under any usual name) as a DatasetDict."""
+    if local_files:
+        raise ConfigError("Give either dataset_name or train_file/validation_file, not both.")
+    logger.info("Loading data set %s (config %s)", dataset_name, config_name)
+    loaded = datasets.load_dataset(dataset_name, config_name, cache_dir=cache_dir)
+    if "train" not in loaded:
+        raise ConfigError(f"Data set {dataset_name!r} has no 'train' split; splits: {list(loaded)}.")
+    splits = DatasetDict({"train": loaded["train"]})
+    val_name = next((name for name in _VALIDATION_SPLIT_NAMES if name in loaded), None)
+    if val_name is not None:
+        splits["validation"] = loaded[val_name]
+    return splits
+
+
 def load_text_classification_data(
     dataset_name: Optional[str] = None,
     dataset_config_name: Optional[str] = None,
@@ -326,17 +341,7 @@ def load_text_classification_data(
         return load_rotten_tomatoes_demo(validation_size=size, seed=seed), list(DEMO_LABEL_NAMES)
 
     if dataset_name:
-        if train_file or validation_file:
-            raise ConfigError("Give either dataset_name or train_file/validation_file, not both.")
-        logger.info("Loading data set %s (config %s)", dataset_name, dataset_config_name)
-        raw = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
-        if "train" not in raw:
-            raise ConfigError(f"Data set {dataset_name!r} has no 'train' split; splits: {list(raw)}.")
-        splits = {"train": raw["train"]}
-        val_name = next((name for name in _VALIDATION_SPLIT_NAMES if name in raw), None)
-        if val_name is not None:
-            splits["validation"] = raw[val_name]
-        raw = DatasetDict(splits)
+        raw = _load_hub_splits(dataset_name, dataset_config_name, cache_dir, train_file or validation_file)
     elif train_file:
         raw = _load_local(train_file, validation_file, cache_dir)
     else:
@@ -467,16 +472,7 @@ def load_pretraining_data(
         raw = load_rotten_tomatoes_demo(seed=seed).remove_columns("label")
         text_column = "text"
     elif dataset_name:
-        if train_file or validation_file:
-            raise ConfigError("Give either dataset_name or train_file/validation_file, not both.")
-        logger.info("Loading corpus %s (config %s)", dataset_name, dataset_config_name)
-        loaded = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
-        if "train" not in loaded:
-            raise ConfigError(f"Data set {dataset_name!r} has no 'train' split; splits: {list(loaded)}.")
-        raw = DatasetDict({"train": loaded["train"]})
-        val_name = next((name for name in _VALIDATION_SPLIT_NAMES if name in loaded), None)
-        if val_name is not None:
-            raw["validation"] = loaded[val_name]
+        raw = _load_hub_splits(dataset_name, dataset_config_name, cache_dir, train_file or validation_file)
     elif train_file:
         files = {split: path for split, path in (("train", train_file), ("validation", validation_file)) if path}
         builders = set()

@@ -183,3 +183,14 @@ def test_offline_teacher_path_holds_a_bert_config():
     path = offline_teacher_path()
     with open(os.path.join(path, "config.json")) as f:
         assert json.load(f)["model_type"] == "bert"
+
+
+def test_hub_code_path_loads_a_dataset_by_name_from_a_local_folder(tmp_path):
+    # load_dataset(<name>) is the same call for a Hub id and a local folder of data files.
+    for split, rows in (("train", [("great", "pos"), ("awful", "neg")] * 4), ("validation", [("fine", "pos"), ("bad", "neg")])):
+        with open(tmp_path / f"{split}.csv", "w") as f:
+            f.write("sentence,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    dataset, labels = load_text_classification_data(dataset_name=str(tmp_path), text_column="sentence")
+    assert labels == ["neg", "pos"]
+    assert set(dataset) == {"train", "validation"} and len(dataset["train"]) == 8 and len(dataset["validation"]) == 2
+    assert dataset["train"][0]["text"] == "great"
