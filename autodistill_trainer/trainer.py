@@ -393,9 +393,11 @@ class DistillationTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """`Trainer.get_batch_samples`, also counting the accumulation window's samples, tokens and labels."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = [_batch_counts(batch) for batch in batch_samples]
-        self._window_counts = {key: sum(c[key] for c in counts) for key in ("sample", "token", "labels")}
         self._window_batches = len(batch_samples)
+        self._window_counts = None
+        if len(batch_samples) > 1:  # only accumulation needs the counts (they may sync an accelerator)
+            counts = [_batch_counts(batch) for batch in batch_samples]
+            self._window_counts = {key: sum(c[key] for c in counts) for key in ("sample", "token", "labels")}
         return batch_samples, num_items_in_batch
 
     def _accumulation_scales(self, inputs: Mapping[str, Any]) -> dict[str, float]:
