@@ -109,3 +109,15 @@ def test_every_shipped_recipe_validates(name):
     assert recipe.autodistillation_config["search"]["search_space"]
     text = (ROOT / "recipes" / name).read_text()
     assert "Expected:" in text or "Hardware and time" in text or "expects" in text.lower(), "state hardware and time"
+
+
+def test_smoke_recipe_under_accelerate_with_two_processes(tmp_path):
+    from launch import accelerate_launch_two_cpu_processes
+
+    run = accelerate_launch_two_cpu_processes(str(ROOT / "run_autodistill.py"), str(SMOKE), "--output_dir", str(tmp_path),
+                                              cwd=str(ROOT))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.count("=== autodistill summary ===") == 1  # reports come from one process
+    results = json.loads((tmp_path / "search_results.json").read_text())
+    assert sum(t["state"] == "COMPLETE" for t in results["trials"]) == 2
+    assert (tmp_path / "best_model" / "model.safetensors").is_file()
