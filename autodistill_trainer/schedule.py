@@ -24,7 +24,6 @@ from transformers.trainer_callback import ProgressCallback
 from .auto_mappings import auto_flash_config
 from .distillation_config import (
     FlashDistillationConfig,
-    RegularDistillationConfig,
     parse_distillation,
     parse_flash_distillation,
 )

@@ -100,7 +100,7 @@ def main() -> int:
             args=C.training_args(os.path.join(tmp, "cached")), train_dataset=train, data_collator=collator)
         t0 = time.perf_counter()
         c0 = time.process_time()
-        loader = cached_trainer.get_train_dataloader()  # first call: the one teacher pass
+        cached_trainer.get_train_dataloader()  # first call: the one teacher pass
         fill_wall, fill_cpu = time.perf_counter() - t0, time.process_time() - c0
         passes_after_fill = cache.passes
         rss_after_fill = C.peak_rss_mib()

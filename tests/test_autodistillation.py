@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-import torch
 from transformers import MobileBertForSequenceClassification, TrainingArguments
 
 from autodistill_trainer import ConfigError, DistillationTrainer, InvalidArchitectureError

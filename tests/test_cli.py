@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from autodistill_trainer.config import apply_overrides, load_recipe, read_recipe
 

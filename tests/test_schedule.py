@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 
@@ -19,7 +18,7 @@ from autodistill_trainer.distillation_config import (
     parse_distillation,
 )
 from autodistill_trainer.errors import ConfigError
-from autodistill_trainer.schedule import matches_prefix, run_distillation, set_trainable
+from autodistill_trainer.schedule import matches_prefix, run_distillation
 from conftest import tiny_bert_config, tiny_mobilebert_config
 from helpers import RandomTextClassification, mobilebert_block_mappings
 from launch import accelerate_launch_two_cpu_processes
@@ -80,7 +79,6 @@ def test_each_stage_builds_a_fresh_optimizer_over_exactly_what_it_trains(tmp_pat
         return optimizer
 
     monkeypatch.setattr(DistillationTrainer, "create_optimizer", record)
-    snapshots = []
     stage_before = snapshot(mobilebert_student)
     results = run_distillation(mobilebert_student, bert_teacher, make_args(tmp_path), RandomTextClassification(16),
                                flash_distillation=flash([0, 1], steps=3))

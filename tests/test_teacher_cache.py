@@ -46,7 +46,7 @@ def test_one_teacher_pass_serves_every_stage_trial_and_rerun(tmp_path, bert_teac
     data = token_dataset()
     cache = make_cache(bert_teacher, tmp_path)
     first = cache.dataset_for(data, criterion.layer_mappings)
-    second = cache.dataset_for(data, criterion.layer_mappings)
+    cache.dataset_for(data, criterion.layer_mappings)  # a second stage or trial
     assert cache.passes == 1
     rerun = make_cache(bert_teacher, tmp_path)  # a new process: reads the Arrow file
     third = rerun.dataset_for(data, criterion.layer_mappings)
