@@ -237,7 +237,7 @@ def run(recipe) -> int:
     best_dir = os.path.join(output_dir, "best_model")
     from autodistill_trainer.trainer import arch_slug
 
-    trial_model = os.path.join(output_dir, "trials", arch_slug(model_builder(best_arch), list(agent.search_space)), "model")
+    trial_model = os.path.join(output_dir, "trials", arch_slug({k: best_arch[k] for k in agent.search_space}), "model")
     if os.path.isdir(best_dir):
         shutil.rmtree(best_dir)
     shutil.copytree(trial_model, best_dir)
@@ -277,14 +277,14 @@ def _train_baseline(recipe, trainer, model_builder, arch, tokenized, collator, c
 
     flash, regular = parse_distillation(recipe.autodistillation_config.get("flash_distillation"),
                                         recipe.autodistillation_config.get("regular_distillation"))
+    model = model_builder(arch)
     steps = recipe.baseline.train_steps
     if steps is None:
         steps = (regular.train_steps if regular else 0)
         if flash is not None:
             from autodistill_trainer.schedule import resolve_flash_config
 
-            steps += sum(s.train_steps for s in resolve_flash_config(flash, model_builder(arch), trainer.teacher_model).stages())
-    model = model_builder(arch)
+            steps += sum(s.train_steps for s in resolve_flash_config(flash, model, trainer.teacher_model).stages())
     lr = regular.learning_rate if regular and regular.learning_rate else recipe.training.learning_rate
     args = dataclasses.replace(trainer.args, max_steps=steps, learning_rate=lr,
                                output_dir=os.path.join(trainer.args.output_dir, "baseline"), eval_strategy="no")

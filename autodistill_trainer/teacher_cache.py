@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -123,15 +123,11 @@ class TeacherOutputCache:
         return TeacherCacheCollator(self.data_collator)
 
     # ------------------------------------------------------------------ building
-    def _batches(self, dataset, order: Sequence[int] | None = None) -> Iterable[dict[str, torch.Tensor]]:
-        """Collated batches of `dataset` (in `order` when given), without cached teacher columns."""
+    def _collate(self, dataset, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """One collated batch of the rows `indices` of `dataset`, without cached teacher columns."""
         columns = [c for c in dataset.column_names if not c.startswith(COLUMN_PREFIX)]
-        plain = dataset.select_columns(columns)
-        order = list(range(len(dataset))) if order is None else list(order)
-        for start in range(0, len(order), self.batch_size):
-            rows = plain[order[start : start + self.batch_size]]
-            features = [dict(zip(rows, values)) for values in zip(*rows.values())]
-            yield self.data_collator(features)
+        rows = dataset.select_columns(columns)[list(indices)]
+        return self.data_collator([dict(zip(rows, values)) for values in zip(*rows.values())])
 
     def _probe(self, batch: dict[str, torch.Tensor], mappings: Sequence[LayerMapping]):
         """Kind ('sample' or 'token') and width of each feature, or (None, None) when one cannot be cached."""
@@ -200,7 +196,7 @@ class TeacherOutputCache:
                 import datasets
 
                 return datasets.Dataset.from_file(path)
-            probe_batch = next(iter(self._batches(dataset.select(range(min(4, len(dataset)))))))
+            probe_batch = self._collate(dataset, range(min(4, len(dataset))))
             kinds, sizes = self._probe(probe_batch, mappings)
             if kinds is None:
                 return None
@@ -241,7 +237,7 @@ class TeacherOutputCache:
                 rows: dict[str, dict[int, Any]] = {c: {} for c in columns}
                 for offset in range(0, len(indices), self.batch_size):
                     batch_indices = indices[offset : offset + self.batch_size]
-                    batch = next(iter(self._batches(dataset, batch_indices)))
+                    batch = self._collate(dataset, batch_indices)
                     outputs = self._run_teacher(batch, mappings)
                     mask = batch["attention_mask"].bool().numpy() if "attention_mask" in batch else None
                     for column, tensor in zip(columns, outputs):

@@ -322,7 +322,7 @@ class DistillationTrainer(Trainer):
         def train_func_builtin(model: nn.Module) -> nn.Module:
             if flash is None and regular is None:
                 raise ConfigError("autodistillation_config has neither flash_distillation nor regular_distillation.")
-            trial_dir = os.path.join(self.args.output_dir, "trials", arch_slug(model, self._search_keys))
+            trial_dir = os.path.join(self.args.output_dir, "trials", arch_slug({k: getattr(model.config, k, "na") for k in self._search_keys}))
             run_distillation(
                 model, teacher_model, dataclasses.replace(self.args, output_dir=trial_dir), self.train_dataset,
                 flash_distillation=flash, regular_distillation=regular,
@@ -439,11 +439,9 @@ class DistillationTrainer(Trainer):
 _EVALUATION_BOOKKEEPING = {"runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time"}
 
 
-def arch_slug(model: nn.Module, keys: list[str]) -> str:
-    """A directory name for a student's architecture: the search-space values read from its config."""
-    config = getattr(model, "config", None)
-    parts = [f"{k}-{getattr(config, k, 'na')}" for k in keys]
-    return "_".join(parts) if parts else "model"
+def arch_slug(arch: Mapping[str, Any]) -> str:
+    """A directory name for an architecture: its search-space values, ``hidden_size-128_...``."""
+    return "_".join(f"{k}-{v}" for k, v in arch.items()) or "model"
 
 
 def _batch_counts(batch: Mapping[str, Any]) -> dict[str, int]:
