@@ -126,8 +126,6 @@ def run_distillation(
     With a `teacher_cache` (:class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`), stages whose
     teacher features are all cacheable read them from disk instead of running the teacher.
     """
-    from .trainer import DistillationTrainer  # the trainer module imports this one
-
     flash, regular = parse_distillation(flash_distillation, regular_distillation)
     if flash is None and regular is None:
         raise ConfigError("distill: give flash_distillation, regular_distillation or both.")
@@ -182,7 +180,7 @@ def run_distillation(
         for index, (kind, spec) in enumerate(stages):
             results.append(
                 _run_stage(
-                    DistillationTrainer, student, teacher, args, train_dataset, kind, spec, index, total,
+                    student, teacher, args, train_dataset, kind, spec, index, total,
                     data_collator, processing_class, callbacks, teacher_dtype, teacher_cache,
                 )
             )
@@ -192,7 +190,7 @@ def run_distillation(
 
 
 def _run_stage(
-    trainer_cls, student, teacher, args, train_dataset, kind, spec, index, total,
+    student, teacher, args, train_dataset, kind, spec, index, total,
     data_collator, processing_class, callbacks, teacher_dtype, teacher_cache,
 ) -> StageResult:
     label = f"{kind} {index + 1}/{total} {spec['name']}"
@@ -205,8 +203,10 @@ def _run_stage(
         eval_strategy="no",
         load_best_model_at_end=False,
     )
+    from .trainer import DistillationTrainer  # the trainer module imports this one
+
     logger.info("Distillation stage %d/%d (%s): %s, %d steps", index + 1, total, kind, spec["name"], spec["steps"])
-    trainer = trainer_cls(
+    trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         criterion=spec["criterion"],
