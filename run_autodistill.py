@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
 
     # 1. Recipe and arguments: validated before anything is loaded.
-    from autodistill_trainer.config import load_recipe
+    from autodistill_trainer.recipe import load_recipe
     from autodistill_trainer.errors import ConfigError
 
     try:
@@ -273,7 +273,7 @@ def _train_baseline(recipe, trainer, model_builder, arch, tokenized, collator, c
     """Train `arch` on labels only (plain Trainer) for as many steps as the distillation took."""
     from transformers import Trainer
 
-    from autodistill_trainer.distillation_config import parse_distillation
+    from autodistill_trainer.configs.distillation import parse_distillation
 
     flash, regular = parse_distillation(recipe.autodistillation_config.get("flash_distillation"),
                                         recipe.autodistillation_config.get("regular_distillation"))

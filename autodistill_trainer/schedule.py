@@ -22,7 +22,7 @@ from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from .auto_mappings import auto_flash_config
-from .distillation_config import (
+from .configs.distillation import (
     FlashDistillationConfig,
     parse_distillation,
     parse_flash_distillation,

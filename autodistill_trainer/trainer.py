@@ -301,7 +301,7 @@ class DistillationTrainer(Trainer):
         processes train it together. The :class:`~autodistill_trainer.search.AutoDistillation` agent is
         kept in ``self.autodistillation_agent`` (search_result, pareto_front, best_model_arch).
         """
-        from .distillation_config import parse_distillation
+        from .configs.distillation import parse_distillation
         from .schedule import run_distillation
         from .search import AutoDistillation
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autodistill_trainer.config import apply_overrides, load_recipe, read_recipe
+from autodistill_trainer.recipe import apply_overrides, load_recipe, read_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "recipes" / "smoke.yaml"

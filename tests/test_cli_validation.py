@@ -18,7 +18,7 @@ SMOKE = ROOT / "recipes" / "smoke.yaml"
 sys.path.insert(0, str(ROOT))
 
 import run_autodistill  # noqa: E402
-from autodistill_trainer.config import build_recipe, load_recipe  # noqa: E402
+from autodistill_trainer.recipe import build_recipe, load_recipe  # noqa: E402
 from autodistill_trainer.errors import ConfigError  # noqa: E402
 
 

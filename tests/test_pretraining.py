@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from autodistill_trainer.config import build_recipe, load_recipe, read_recipe
+from autodistill_trainer.recipe import build_recipe, load_recipe, read_recipe
 from autodistill_trainer.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def test_pretraining_recipe_builds_a_24_layer_mobilebert_for_pretraining_student
 
 
 def test_pretraining_recipe_flash_distillation_is_the_designs_24_stages():
-    from autodistill_trainer.distillation_config import parse_distillation
+    from autodistill_trainer.configs.distillation import parse_distillation
 
     recipe = load_recipe(str(PRETRAINING))
     flash, regular = parse_distillation(recipe.autodistillation_config["flash_distillation"],

@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification, MobileBertFo
 
 from autodistill_trainer import DistillationTrainer
 from autodistill_trainer.auto_mappings import auto_flash_config, uniform_layer_map
-from autodistill_trainer.distillation_config import (
+from autodistill_trainer.configs.distillation import (
     FlashDistillationConfig,
     RegularDistillationConfig,
     parse_distillation,

@@ -22,9 +22,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError, did_you_mean
-from .losses import get_loss_class
-from .mappings import LayerMapping, parse_layer_mappings
+from ..errors import ConfigError, did_you_mean
+from ..losses import get_loss_class
+from ..mappings import LayerMapping, parse_layer_mappings
 
 DEFAULT_FLASH_STEPS = 500
 DEFAULT_REGULAR_STEPS = 25000
