@@ -9,7 +9,7 @@ import pytest
 from transformers import MobileBertForSequenceClassification, TrainingArguments
 
 from autodistill_trainer import ConfigError, DistillationTrainer, InvalidArchitectureError
-from conftest import tiny_mobilebert_config
+from helpers import tiny_mobilebert_config
 from helpers import RandomTextClassification
 from launch import accelerate_launch_two_cpu_processes
 

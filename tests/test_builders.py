@@ -11,7 +11,7 @@ from transformers import (
     MobileBertForSequenceClassification,
 )
 
-from conftest import random_batch, tiny_bert_config, tiny_mobilebert_config
+from helpers import random_batch, tiny_bert_config, tiny_mobilebert_config
 from autodistill_trainer.builders import (
     ARCH_KEYS,
     apply_architecture,

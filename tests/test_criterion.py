@@ -19,7 +19,7 @@ from autodistill_trainer import (
 )
 from autodistill_trainer.criterion import average_heads
 from autodistill_trainer.losses import KLDivergenceLoss, MSEFeatureLoss, SoftCrossEntropyLoss
-from conftest import random_batch, tiny_bert_config, tiny_mobilebert_config
+from helpers import random_batch, tiny_bert_config, tiny_mobilebert_config
 from helpers import mobilebert_block_mappings
 
 BERT_SELF_MAPPINGS = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_bert_config, tiny_mobilebert_config
+from helpers import tiny_bert_config, tiny_mobilebert_config
 from autodistill_trainer.profiling import (
     LatencyResult,
     count_flops,

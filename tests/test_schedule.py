@@ -19,7 +19,7 @@ from autodistill_trainer.configs.distillation import (
 )
 from autodistill_trainer.errors import ConfigError
 from autodistill_trainer.schedule import matches_prefix, run_distillation
-from conftest import tiny_bert_config, tiny_mobilebert_config
+from helpers import tiny_bert_config, tiny_mobilebert_config
 from helpers import RandomTextClassification, mobilebert_block_mappings
 from launch import accelerate_launch_two_cpu_processes
 

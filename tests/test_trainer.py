@@ -102,7 +102,7 @@ def _one_update(tmp_path, student, teacher, batch_size, accumulation):
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path, bert_teacher):
-    from conftest import tiny_mobilebert_config
+    from helpers import tiny_mobilebert_config
 
     config = tiny_mobilebert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
     torch.manual_seed(5)

@@ -11,7 +11,7 @@ import torch.distributed as dist  # noqa: E402
 from transformers import BertForSequenceClassification, MobileBertForSequenceClassification, TrainingArguments  # noqa: E402
 
 from autodistill_trainer.schedule import run_distillation  # noqa: E402
-from conftest import tiny_bert_config, tiny_mobilebert_config  # noqa: E402
+from helpers import tiny_bert_config, tiny_mobilebert_config  # noqa: E402
 from helpers import RandomTextClassification  # noqa: E402
 
 torch.set_num_threads(1)
