@@ -1,5 +1,6 @@
 """Typed configuration: what a recipe or a design-form dict means, parsed once."""
 
+from .autodistillation import AutoDistillationConfig
 from .distillation import (
     FlashDistillationConfig,
     KnowledgeTransferStage,
@@ -12,6 +13,7 @@ from .search import SEARCH_ALGORITHMS, SearchConfig, parse_search_config
 from .sections import BaselineArguments, DataArguments, EvaluationArguments, ModelArguments, TeacherArguments
 
 __all__ = [
+    "AutoDistillationConfig",
     "SEARCH_ALGORITHMS",
     "BaselineArguments",
     "DataArguments",
