@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import logging
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from . import module_overrides
+from .criterion_setup import (
+    average_heads,
+    dummy_batch,
+    filter_model_inputs,
+    hold_attention_dropout,
+    hold_eager_attention,
+    is_attention_map,
+    is_probability_tensor,
+    model_device,
+    model_dtype,
+    model_input_names,
+    output_tensors,
+    real_positions,
+    under,
+)
 from .errors import ConfigError
 from .features import FeatureCapture, StopForward
 from .losses import FeatureLoss, get_loss_class
@@ -18,50 +33,13 @@ from .mappings import LayerMapping, parse_layer_mappings
 
 logger = logging.getLogger(__name__)
 
-_NON_MODEL_INPUTS = {"labels", "label", "num_items_in_batch", "return_loss"}
-
-
-def model_input_names(model: nn.Module) -> set[str] | None:
-    """Names `model.forward` accepts (None when it takes **kwargs only)."""
-    params = inspect.signature(model.forward).parameters
-    names = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return names or None
-
-
-def filter_model_inputs(inputs: Mapping[str, Any], accepted: set[str] | None) -> dict[str, Any]:
-    """Keep the inputs a model accepts, never labels."""
-    return {
-        k: v
-        for k, v in inputs.items()
-        if k not in _NON_MODEL_INPUTS and not k.startswith("teacher_") and (accepted is None or k in accepted)
-    }
-
-
-def real_positions(feature: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
-    """The rows of `feature` at real (non-padded) positions, and whether a selection was made.
-
-    ``(B, L, D)`` -> ``(N, D)``; attention maps ``(B, H, L, L)`` -> ``(N, H, L)`` (real query rows);
-    other shapes, or no mask, are returned unchanged. Losses then average over rows, which equals the
-    masked mean over real positions while doing no work on padding.
-    """
-    if mask is None:
-        return feature, False
-    batch, length = mask.shape
-    mask = mask.to(device=feature.device, dtype=torch.bool)
-    if feature.ndim == 3 and tuple(feature.shape[:2]) == (batch, length):
-        return feature[mask], True
-    if feature.ndim == 4 and feature.shape[0] == batch and feature.shape[2] == length:
-        return feature.transpose(1, 2)[mask], True
-    return feature, False
-
-
-def average_heads(attention: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Average attention maps ``(B, H, L, L)`` (or their real rows ``(N, H, L)``) in contiguous groups of
-    ``H // num_heads`` heads (dimension 1)."""
-    batch, heads = attention.shape[:2]
-    if heads == num_heads:
-        return attention
-    return attention.reshape(batch, num_heads, heads // num_heads, *attention.shape[2:]).mean(2)
+__all__ = [
+    "IntermediateLayersKnowledgeDistillationLoss",
+    "average_heads",
+    "filter_model_inputs",
+    "model_input_names",
+    "real_positions",
+]
 
 
 class IntermediateLayersKnowledgeDistillationLoss:
@@ -159,16 +137,23 @@ class IntermediateLayersKnowledgeDistillationLoss:
         self.feature_matchers = nn.ModuleDict()
         self.head_alignment: list[str | None] = [None] * n
         self.inputs_are_probabilities: list[bool] = [False] * n
-        self._disabled_dropouts: list[tuple[nn.Dropout, float]] = []
+        self._student_is_attention: list[bool] = [False] * n
+        # (object, name) of every override this criterion holds on the models (eager attention, attention
+        # dropout); released by remove_hooks() so that the caller's models are left as they were given.
+        self._holds: list[tuple[Any, str]] = []
         self.last_loss_terms: dict[str, torch.Tensor] = {}
+        self.teacher_stop_key: tuple[str, str] | None = None
 
         self._student_mask: torch.Tensor | None = None
         self._mask_hook = student_model.register_forward_pre_hook(self._record_student_mask, with_kwargs=True)
-        self._set_up(probe_inputs)
+        try:
+            self._set_up(probe_inputs)
+        except BaseException:
+            self.remove_hooks()
+            raise
         self.loss_funcs: list[FeatureLoss] = self.init_loss_funcs()
-        self._teacher_stop_key = None
-        if early_stop_teacher and all(m.teacher_layer for m in self.layer_mappings) and self._teacher_order:
-            self._teacher_stop_key = self._teacher_order[-1]
+        if not early_stop_teacher or not all(m.teacher_layer for m in self.layer_mappings):
+            self.teacher_stop_key = None
 
     # ------------------------------------------------------------------ set-up
     def _unique_names(self) -> list[str]:
@@ -188,30 +173,32 @@ class IntermediateLayersKnowledgeDistillationLoss:
         rows, selected = real_positions(value, self._student_mask)
         return self.feature_matchers[str(i)](rows), selected
 
-    def _dummy_batch(self) -> dict[str, torch.Tensor]:
-        vocab, max_len = [], []
-        for model in (self.student_model, self.teacher_model):
-            config = getattr(model, "config", None)
-            vocab.append(getattr(config, "vocab_size", None) or 100)
-            max_len.append(getattr(config, "max_position_embeddings", None) or 16)
-        length = max(2, min(8, *max_len))
-        generator = torch.Generator().manual_seed(0)
-        input_ids = torch.randint(1, max(2, min(vocab)), (2, length), generator=generator)
-        attention_mask = torch.ones(2, length, dtype=torch.long)
-        attention_mask[0, -2:] = 0
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
-
-    def _probe(self, batch: Mapping[str, torch.Tensor]) -> list[tuple[Any, Any]]:
-        device = _model_device(self.student_model)
+    def _student_forward(self, batch: Mapping[str, torch.Tensor], train: bool) -> None:
+        """One no-grad student forward on `batch` in train or eval mode (the mode is restored after)."""
+        device = model_device(self.student_model)
         student_inputs = {k: v.to(device) for k, v in filter_model_inputs(batch, self._student_inputs).items()}
         was_training = self.student_model.training
-        self.student_model.eval()
+        self.student_model.train(train)
         try:
             with torch.no_grad():
                 self.student_model(**student_inputs)
-                self.teacher_model_forward(batch)
-            self._teacher_order = list(self._teacher_capture.capture_order)
-            pairs = [
+        finally:
+            self.student_model.train(was_training)
+
+    def _probe(self, batch: Mapping[str, torch.Tensor]) -> list[tuple[Any, Any]]:
+        self.teacher_stop_key = None  # the probe runs the whole teacher
+        try:
+            self._student_forward(batch, train=False)
+            self.teacher_model_forward(batch)
+            # The early stop may fire only at the last capture of the forward, and only when that module ran
+            # once: a module that runs several times (ALBERT's shared layer) is captured at its last call.
+            last = self._teacher_capture.last_captured
+            counts = self._teacher_capture.capture_counts
+            self.teacher_stop_key = last if last is not None and counts.get(last) == 1 else None
+            if last is not None and self.teacher_stop_key is None:
+                logger.debug("teacher module %r runs %d times per forward: the teacher's early stop is off.",
+                             last[0], counts[last])
+            return [
                 (
                     self._student_capture.get(m.student_layer, m.student_process),
                     self._teacher_capture.get(m.teacher_layer, m.teacher_process),
@@ -219,24 +206,26 @@ class IntermediateLayersKnowledgeDistillationLoss:
                 for m in self.layer_mappings
             ]
         finally:
-            self.student_model.train(was_training)
             self._clear()
-        return pairs
 
     def _set_up(self, probe_inputs: Mapping[str, torch.Tensor] | None) -> None:
-        batch = dict(probe_inputs) if probe_inputs is not None else self._dummy_batch()
+        batch = dict(probe_inputs) if probe_inputs is not None else dummy_batch(self.student_model, self.teacher_model)
         pairs = self._probe(batch)
         # Attention maps are None under SDPA/flash attention: switch the model to eager and probe again.
         switched = False
         for side, model, index in (("student", self.student_model, 0), ("teacher", self.teacher_model, 1)):
-            if any(pair[index] is None for pair in pairs) and _switch_to_eager(model, side):
-                switched = True
+            needed = any(pair[index] is None for pair in pairs)
+            if hold_eager_attention(model, side, needed):
+                self._holds.append((model, "attn_implementation"))
+                switched = switched or needed
         if switched:
             pairs = self._probe(batch)
 
         for i, ((student, teacher), mapping) in enumerate(zip(pairs, self.layer_mappings)):
             where = f"layer_mappings[{i}] ({mapping.student_layer} -> {mapping.teacher_layer})"
-            for side, value, process in (("student", student, mapping.student_process), ("teacher", teacher, mapping.teacher_process)):
+            for side, value, process in (
+                ("student", student, mapping.student_process), ("teacher", teacher, mapping.teacher_process)
+            ):
                 if value is None:
                     raise ConfigError(
                         f"{where}: the {side} output selected by {process!r} is None. For attention maps the "
@@ -248,6 +237,74 @@ class IntermediateLayersKnowledgeDistillationLoss:
                         "tensor; select one element with an index string like '0' or a key like 'logits'."
                     )
             self._analyse_mapping(i, where, student, teacher)
+        self._switch_off_attention_dropout(batch)
+
+    def _attention_map_owners(self, batch: Mapping[str, torch.Tensor], indices: list[int]) -> dict[int, str]:
+        """For each mapping in `indices`, the deepest student module (the mapped one or one inside it) whose
+        own output holds the very tensor the mapping captures: the module that computes the maps."""
+        modules = dict(self.student_model.named_modules())
+        prefixes = {self.layer_mappings[i].student_layer for i in indices}
+        outputs: dict[str, list[torch.Tensor]] = {}
+
+        def recorder(name: str):
+            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+                outputs.setdefault(name, []).extend(output_tensors(output))
+            return hook
+
+        handles = [
+            module.register_forward_hook(recorder(name))
+            for name, module in modules.items()
+            if any(under(name, prefix) for prefix in prefixes)
+        ]
+        try:
+            self._student_forward(batch, train=False)
+            owners = {}
+            for i in indices:
+                mapping = self.layer_mappings[i]
+                feature = self._student_capture.get(mapping.student_layer, mapping.student_process)
+                found = [
+                    name for name, tensors in outputs.items()
+                    if under(name, mapping.student_layer) and any(t is feature for t in tensors)
+                ]
+                owners[i] = max(found, key=lambda name: (name.count("."), len(name)), default=mapping.student_layer)
+            return owners
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._clear()
+
+    def _switch_off_attention_dropout(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Transformers returns attention maps after dropout: set the dropout of the student module that
+        computes each mapped map to 0 (wherever the mapping points: the attention module or its parent),
+        then check in train mode that the student's mapped maps are distributions."""
+        indices = [
+            i for i, probs in enumerate(self.inputs_are_probabilities) if probs and self._student_is_attention[i]
+        ]
+        if not indices:
+            return
+        modules = dict(self.student_model.named_modules())
+        owners = self._attention_map_owners(batch, indices)
+        for i in indices:
+            where = f"layer_mappings[{i}] ({self.layer_mappings[i].student_layer})"
+            self._holds.extend(hold_attention_dropout(modules[owners[i]], where))
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
+            return  # a train-mode forward would update running statistics of the caller's model
+        with torch.random.fork_rng(devices=[]):
+            try:
+                self._student_forward(batch, train=True)
+                for i in indices:
+                    mapping = self.layer_mappings[i]
+                    value = self._student_capture.get(mapping.student_layer, mapping.student_process)
+                    if not is_probability_tensor(value):
+                        raise ConfigError(
+                            f"layer_mappings[{i}] ({mapping.student_layer}): in train mode the student's mapped "
+                            f"attention maps are not distributions: a dropout inside {owners[i]!r} acts on them "
+                            "and could not be switched off. Map the module that computes the attention "
+                            f"probabilities with its dropout as `dropout`/`attention_dropout`, or set the "
+                            "student's attention_probs_dropout_prob to 0."
+                        )
+            finally:
+                self._clear()
 
     def _analyse_mapping(self, i: int, where: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
         if student.ndim != teacher.ndim:
@@ -255,13 +312,10 @@ class IntermediateLayersKnowledgeDistillationLoss:
                 f"{where}: student feature has shape {tuple(student.shape)} and teacher feature "
                 f"{tuple(teacher.shape)}; no matcher can bridge a different number of dimensions."
             )
-        is_distribution = bool(
-            (teacher >= 0).all()
-            and torch.allclose(teacher.float().sum(-1), torch.ones_like(teacher.float().sum(-1)), atol=1e-3)
-        )
-        self.inputs_are_probabilities[i] = is_distribution
-        is_attention_map = student.ndim == 4 and student.shape[-1] == student.shape[-2]
-        if is_attention_map and student.shape[1] != teacher.shape[1]:
+        self.inputs_are_probabilities[i] = is_probability_tensor(teacher)
+        attention = is_attention_map(student)
+        self._student_is_attention[i] = attention
+        if attention and student.shape[1] != teacher.shape[1]:
             s_heads, t_heads = student.shape[1], teacher.shape[1]
             self.head_alignment[i] = (
                 "teacher" if t_heads % s_heads == 0 else "student" if s_heads % t_heads == 0 else "both"
@@ -271,21 +325,14 @@ class IntermediateLayersKnowledgeDistillationLoss:
                 "%s: student has %d heads, teacher %d: averaging %s heads in groups.",
                 where, s_heads, t_heads, self.head_alignment[i] if self.head_alignment[i] != "both" else "all",
             )
-        if is_attention_map and is_distribution:
-            module = dict(self.student_model.named_modules())[self.layer_mappings[i].student_layer]
-            dropout = getattr(module, "dropout", None)
-            if isinstance(dropout, nn.Dropout) and dropout.p > 0:
-                self._disabled_dropouts.append((dropout, dropout.p))
-                dropout.p = 0.0
-                logger.debug("%s: attention dropout of the student's mapped attention set to 0 (was %s).", where, self._disabled_dropouts[-1][1])
         if student.shape == teacher.shape:
             return
-        if student.shape[:-1] == teacher.shape[:-1] and not is_attention_map:
+        if student.shape[:-1] == teacher.shape[:-1] and not attention:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.matcher_seed + i)  # documented, reproducible initialisation
                 matcher = self.init_feature_matcher(student.shape[-1], teacher.shape[-1])
             self.feature_matchers[str(i)] = matcher.to(
-                device=student.device, dtype=_model_dtype(self.student_model)
+                device=student.device, dtype=model_dtype(self.student_model)
             )
             mapping = self.layer_mappings[i]
             self._student_capture.add_transform(
@@ -328,7 +375,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
         so that losses ignore padded positions. Returns the teacher's outputs, or None when the
         forward stopped early after the last needed feature (see `early_stop_teacher`).
         """
-        device = _model_device(self.teacher_model)
+        device = model_device(self.teacher_model)
         teacher_inputs = {
             k: v.to(device) if isinstance(v, torch.Tensor) else v
             for k, v in filter_model_inputs(inputs, self._teacher_inputs).items()
@@ -336,7 +383,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
         if self.teacher_model.training:
             self.teacher_model.eval()
         # Armed only during this call, so that other criteria hooked on the same teacher are unaffected.
-        self._teacher_capture.stop_after = getattr(self, "_teacher_stop_key", None)
+        self._teacher_capture.stop_after = self.teacher_stop_key
         with torch.no_grad():
             try:
                 outputs = self.teacher_model(**teacher_inputs)
@@ -425,38 +472,12 @@ class IntermediateLayersKnowledgeDistillationLoss:
             self._student_capture.enabled, self._teacher_capture.enabled = previous
 
     def remove_hooks(self) -> None:
-        """Remove all hooks and restore the attention dropout that set-up turned off."""
+        """Remove all hooks and undo what set-up changed on the models: the attention implementation it
+        switched to eager and the attention dropout it set to 0 come back (once no other criterion still
+        holds the same change). Safe to call more than once."""
         self._mask_hook.remove()
         self._student_capture.remove()
         self._teacher_capture.remove()
-        for dropout, p in self._disabled_dropouts:
-            dropout.p = p
-        self._disabled_dropouts.clear()
+        while self._holds:
+            module_overrides.release(*self._holds.pop())
         self.attention_mask = None
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
-def _switch_to_eager(model: nn.Module, side: str) -> bool:
-    config = getattr(model, "config", None)
-    current = getattr(config, "_attn_implementation", None)
-    if config is None or current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
-        return False
-    model.set_attn_implementation("eager")
-    logger.warning(
-        "The %s model ran %r attention, which returns no attention maps; switched it to eager attention so "
-        "that mapped attention maps can be distilled.", side, current
-    )
-    return True

@@ -92,7 +92,10 @@ class FeatureCapture:
         self.role = role
         self.enabled = True
         self.stop_after: tuple[str, str] | None = None  # raise StopForward once this key is captured
-        self.capture_order: list[tuple[str, str]] = []  # keys in the order the last forward captured them
+        # How often each key was captured since the last clear() (a module may run several times per
+        # forward, e.g. ALBERT's shared layer), and the key captured last.
+        self.capture_counts: dict[tuple[str, str], int] = {}
+        self.last_captured: tuple[str, str] | None = None
         self.features: dict[Any, torch.Tensor | None] = {}
         self._transforms: dict[tuple[str, str], list[tuple[Any, Callable[[torch.Tensor], torch.Tensor]]]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -118,8 +121,8 @@ class FeatureCapture:
                 where = f"{self.role} layer {name!r}" + (f" process {process!r}" if process not in (None, "") else "")
                 key = self.key(name, process)
                 value = self.features[key] = select_output(output, process, where)
-                if key not in self.capture_order:
-                    self.capture_order.append(key)
+                self.capture_counts[key] = self.capture_counts.get(key, 0) + 1
+                self.last_captured = key
                 for out_key, transform in self._transforms.get(key, ()):
                     self.features[out_key] = transform(value)
             if self.stop_after is not None and self.key(name, processes[-1]) == self.stop_after:
@@ -150,7 +153,8 @@ class FeatureCapture:
     def clear(self) -> None:
         """Drop every captured feature (call once per step)."""
         self.features.clear()
-        self.capture_order.clear()
+        self.capture_counts.clear()
+        self.last_captured = None
 
     def remove(self) -> None:
         """Remove all hooks and drop captured features."""
@@ -158,8 +162,3 @@ class FeatureCapture:
             handle.remove()
         self._handles.clear()
         self.clear()
-
-    @property
-    def active(self) -> bool:
-        """Whether the hooks are still registered."""
-        return bool(self._handles)

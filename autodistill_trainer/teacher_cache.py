@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .criterion import filter_model_inputs, model_input_names
+from .criterion_setup import filter_model_inputs, model_input_names
 from .features import FeatureCapture
 from .mappings import LayerMapping
 
