@@ -10,9 +10,17 @@ token features ``(B, L, D)`` (hidden states, MLM logits), stored per example wit
 maps ``(B, H, L, L)``, and any set of features larger than the size budget, are left to the live
 teacher: a stage uses the cache only when *every* teacher feature it needs is cached.
 
-Columns are named ``teacher_<hash of (teacher layer, process)>``; the trainer keeps them through
-``remove_unused_columns``, pads them in the collator (:class:`TeacherCacheCollator`) and hands them to
-the criterion instead of running the teacher.
+Columns are named ``teacher_<hash of (teacher layer, process)>``; a callable process is keyed by what it
+computes (:func:`~autodistill_trainer.fingerprints.process_fingerprint`: bytecode, constants, closure and
+globals), and one that cannot be keyed that way (a callable object, a closure over a model) is not cached:
+the live teacher serves it. Files are keyed by the dataset's fingerprint, the teacher's weights (rehashed
+whenever they change, even in place) and the columns. The trainer keeps the columns through
+``remove_unused_columns``, pads them in the collator (:class:`TeacherCacheCollator`) and hands them to the
+criterion instead of running the teacher.
+
+Writing is safe under concurrency: each writer writes its own temporary file (pid + uuid) and renames it
+atomically into place, under a file lock per cache file, so a second process or thread building the same
+file waits for the first and reads its result.
 """
 
 from __future__ import annotations
@@ -21,14 +29,19 @@ import contextlib
 import hashlib
 import logging
 import os
+import uuid
 from typing import Any, Callable, Sequence
 
+import datasets
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
+from tqdm.auto import tqdm
 
 from .criterion_setup import filter_model_inputs, model_input_names
 from .features import FeatureCapture
+from .fingerprints import model_fingerprint, process_fingerprint, weights_token
 from .mappings import LayerMapping
 
 logger = logging.getLogger(__name__)
@@ -37,24 +50,21 @@ COLUMN_PREFIX = "teacher_"
 
 
 def teacher_column(mapping: LayerMapping) -> str:
-    """Dataset column holding the cached teacher feature of `mapping`."""
-    process = mapping.teacher_process
-    if callable(process):
-        process = getattr(process, "__qualname__", repr(process))
-    digest = hashlib.sha1(f"{mapping.teacher_layer}|{process!r}".encode()).hexdigest()[:12]
+    """Dataset column holding the cached teacher feature of `mapping` (see the module docstring).
+
+    A process that :func:`cacheable` rejects still gets a name, unique to that process object, but no
+    column of that name is ever written, so the trainer falls back to the live teacher for it.
+    """
+    process = process_fingerprint(mapping.teacher_process)
+    if process is None:
+        process = f"uncacheable-{id(mapping.teacher_process)}"
+    digest = hashlib.sha1(f"{mapping.teacher_layer}|{process}".encode()).hexdigest()[:12]
     return f"{COLUMN_PREFIX}{digest}"
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """A hash of a model's class, config and weights (identifies the teacher in cache keys)."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    config = getattr(model, "config", None)
-    if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def cacheable(mapping: LayerMapping) -> bool:
+    """Whether the teacher feature of `mapping` can be keyed in the cache by what its process computes."""
+    return process_fingerprint(mapping.teacher_process) is not None
 
 
 class TeacherCacheCollator:
@@ -110,17 +120,20 @@ class TeacherOutputCache:
         self.batch_size = int(batch_size)
         self.main_process_first = main_process_first
         self._teacher_fingerprint: str | None = None
+        self._teacher_token: str | None = None
         self._input_names = model_input_names(teacher)
         self.passes = 0  # teacher passes over a dataset made by this object (for tests and benchmarks)
 
     @property
     def teacher_fingerprint(self) -> str:
-        if self._teacher_fingerprint is None:
+        """Hash of the teacher's weights, recomputed whenever :func:`weights_token` says they changed."""
+        token = weights_token(self.teacher)
+        if self._teacher_fingerprint is None or token != self._teacher_token:
+            if self._teacher_fingerprint is not None:
+                logger.info("The teacher's weights changed since its outputs were last cached: rehashing them.")
             self._teacher_fingerprint = model_fingerprint(self.teacher)
+            self._teacher_token = token
         return self._teacher_fingerprint
-
-    def collator(self) -> TeacherCacheCollator:
-        return TeacherCacheCollator(self.data_collator)
 
     # ------------------------------------------------------------------ building
     def _collate(self, dataset, indices: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -164,10 +177,17 @@ class TeacherOutputCache:
 
     def dataset_for(self, dataset, mappings: Sequence[LayerMapping]):
         """`dataset` with the cached teacher columns for `mappings` added, or `dataset` unchanged when
-        they cannot be cached (attention maps, over the size budget, no ``datasets.Dataset``)."""
-        import datasets
-
+        they cannot be cached (attention maps, a process :func:`cacheable` rejects, over the size budget,
+        no ``datasets.Dataset``)."""
         if not isinstance(dataset, datasets.Dataset) or len(dataset) == 0:
+            return dataset
+        rejected = [m for m in mappings if not cacheable(m)]
+        if rejected:
+            logger.info(
+                "Teacher outputs are not cached: the process of %s is a %s whose behaviour cannot be fingerprinted "
+                "(use a plain function, lambda or functools.partial); the live teacher is used.",
+                rejected[0].teacher_layer, type(rejected[0].teacher_process).__name__,
+            )
             return dataset
         missing = list({teacher_column(m): m for m in mappings if teacher_column(m) not in dataset.column_names}.values())
         if not missing:
@@ -191,10 +211,10 @@ class TeacherOutputCache:
 
     def _build(self, dataset, mappings: Sequence[LayerMapping], path: str):
         context = self.main_process_first(desc="teacher outputs") if self.main_process_first else contextlib.nullcontext()
-        with context:
-            if os.path.isfile(path):  # another process wrote it meanwhile
-                import datasets
-
+        os.makedirs(self.cache_dir, exist_ok=True)
+        with context, FileLock(path + ".lock"):
+            if os.path.isfile(path):  # another process or thread wrote it meanwhile
+                logger.info("Teacher outputs read from the cache %s", path)
                 return datasets.Dataset.from_file(path)
             probe_batch = self._collate(dataset, range(min(4, len(dataset))))
             kinds, sizes = self._probe(probe_batch, mappings)
@@ -208,9 +228,6 @@ class TeacherOutputCache:
             return self._features_dataset(dataset, mappings, kinds, path)
 
     def _features_dataset(self, dataset, mappings: Sequence[LayerMapping], kinds: dict[str, str], path: str):
-        import datasets
-
-        os.makedirs(self.cache_dir, exist_ok=True)
         # One teacher pass, written batch by batch to an Arrow file (never whole in RAM).
         columns = [teacher_column(m) for m in mappings]
         features = datasets.Features({
@@ -220,15 +237,14 @@ class TeacherOutputCache:
         })
         logger.info("Computing teacher outputs for %d examples once (%s) -> %s", len(dataset), ", ".join(columns), path)
         self.passes += 1
-        tmp = path + ".tmp"
+        tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex}.tmp"  # this writer's own file, renamed atomically
         writer = datasets.arrow_writer.ArrowWriter(features=features, path=tmp)
+        written = False
         # Batches of similar lengths (sorted within windows, so padding costs little and memory stays
         # bounded); each window's rows are written back in dataset order.
         lengths = [len(ids) for ids in dataset["input_ids"]] if "input_ids" in dataset.column_names else None
         window = self.batch_size * 32
         try:
-            from tqdm.auto import tqdm
-
             progress = tqdm(total=len(dataset), desc="teacher outputs", unit="ex")
             for start in range(0, len(dataset), window):
                 indices = list(range(start, min(start + window, len(dataset))))
@@ -251,7 +267,11 @@ class TeacherOutputCache:
                 writer.write_batch({c: [rows[c][i] for i in ordered] for c in columns})
             progress.close()
             writer.finalize()
+            written = True
         finally:
             writer.close()
+            if not written:  # a failed pass leaves no partial file behind
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
         os.replace(tmp, path)
         return datasets.Dataset.from_file(path)

@@ -53,7 +53,10 @@ def test_one_teacher_pass_serves_every_stage_trial_and_rerun(tmp_path, bert_teac
     assert rerun.passes == 0
     column = teacher_column(criterion.layer_mappings[0])
     assert torch.equal(torch.as_tensor(first[:][column]), torch.as_tensor(third[:][column]))
-    assert first.cache_files and all(f["filename"].startswith(str(tmp_path)) or "cache" in f["filename"] for f in third.cache_files)
+    files = sorted((tmp_path / "cache").glob("teacher-outputs-*.arrow"))
+    assert len(files) == 1  # the one pass wrote one file, which the rerun reads
+    assert [f["filename"] for f in first.cache_files] == [f["filename"] for f in third.cache_files] == [str(files[0])]
+    assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
 def test_attention_maps_and_oversized_features_fall_back_to_the_live_teacher(tmp_path, bert_teacher, mobilebert_student):
