@@ -11,35 +11,31 @@ import torch
 from torch import nn
 
 from . import module_overrides
+from .attention_dropout import switch_off_attention_dropout
 from .criterion_setup import (
+    align_heads,
     average_heads,
+    check_selected_feature,
     dummy_batch,
     filter_model_inputs,
-    hold_attention_dropout,
     hold_eager_attention,
     is_attention_map,
     is_probability_tensor,
     model_device,
     model_dtype,
     model_input_names,
-    output_tensors,
     real_positions,
-    under,
 )
 from .errors import ConfigError
 from .features import FeatureCapture, StopForward
 from .losses import FeatureLoss, get_loss_class
-from .mappings import LayerMapping, parse_layer_mappings
+from .mappings import LayerMapping, loss_names, parse_layer_mappings
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "IntermediateLayersKnowledgeDistillationLoss",
-    "average_heads",
-    "filter_model_inputs",
-    "model_input_names",
-    "real_positions",
-]
+# The tensor helpers stay importable from here (they live in criterion_setup).
+__all__ = ["IntermediateLayersKnowledgeDistillationLoss", "average_heads", "filter_model_inputs",
+           "model_input_names", "real_positions"]
 
 
 class IntermediateLayersKnowledgeDistillationLoss:
@@ -55,20 +51,25 @@ class IntermediateLayersKnowledgeDistillationLoss:
 
     * missing modules, output indices/keys and non-tensor selections are reported as `ConfigError`;
     * a model that returns ``None`` attention maps (SDPA) is switched to eager attention (logged);
-    * for each mapping, whether its tensors are probabilities (teacher rows non-negative, summing to
-      1, e.g. attention maps) or logits is fixed; KL/CE use it for the whole run;
-    * attention dropout of student attention modules whose maps enter a loss is turned off
-      (Transformers returns maps after dropout); it is restored by `remove_hooks()`;
+    * for each mapping, whether its tensors are probabilities or logits is fixed for the whole run:
+      probabilities when the teacher's are non-negative with rows summing to 1 within a tolerance of
+      their dtype (:func:`~autodistill_trainer.criterion_setup.is_probability_tensor`: fp16/bf16 maps too);
+    * the dropout rule (:mod:`autodistill_trainer.attention_dropout`): the attention dropout of the student
+      module that computes mapped maps (the mapped module or one inside it) is set to 0;
+    * the teacher's early stop is armed at the last capture of the forward, unless that module runs
+      several times per forward (ALBERT's shared layer), whose features are its last call's output;
     * head-count mismatch between attention maps ``(B, H, L, L)``: when one count divides the
       other, the side with more heads is averaged in contiguous groups down to the smaller count;
       otherwise both sides are averaged to one map. Never a random projection;
     * width mismatch (same shape but the last dimension) gets a trainable ``nn.Linear(student_dim,
       teacher_dim)`` feature matcher in `feature_matchers` (a ``ModuleDict`` keyed by mapping index),
-      applied to the student feature by the capture hook, i.e. inside the student's forward (so DDP
-      sees the matcher used in forward). :class:`~autodistill_trainer.DistillationTrainer` attaches it
-      to the student during training so that the optimizer, DDP and checkpoints see it, and removes
-      it before exporting the student. Used on its own, add ``criterion.feature_matchers.parameters()``
-      to your optimizer.
+      applied by the capture hook inside the student's forward (so DDP sees it used).
+      :class:`~autodistill_trainer.DistillationTrainer` attaches it to the student during training and
+      removes it before export; used on its own, add ``criterion.feature_matchers.parameters()`` to your
+      optimizer.
+
+    `remove_hooks()` removes every hook and gives the models back as they were given: the attention
+    implementation and dropout set-up changed are restored once no other criterion holds the same change.
 
     Reductions: see :mod:`autodistill_trainer.losses` (per position over the last dimension, then
     the mean over real positions given by the attention mask).
@@ -121,14 +122,18 @@ class IntermediateLayersKnowledgeDistillationLoss:
         self.add_origin_loss = bool(add_origin_loss)
         self.matcher_seed = int(matcher_seed)
         self.layer_output_process = [(m.student_process, m.teacher_process) for m in self.layer_mappings]
-        self.loss_names = self._unique_names()
+        self.loss_names = loss_names(self.layer_mappings, self.loss_types)
 
         self._student_capture = FeatureCapture(
             student_model, [(m.student_layer, m.student_process) for m in self.layer_mappings], role="student"
         )
-        self._teacher_capture = FeatureCapture(
-            teacher_model, [(m.teacher_layer, m.teacher_process) for m in self.layer_mappings], role="teacher"
-        )
+        try:
+            self._teacher_capture = FeatureCapture(
+                teacher_model, [(m.teacher_layer, m.teacher_process) for m in self.layer_mappings], role="teacher"
+            )
+        except ConfigError:
+            self._student_capture.remove()  # no hook is left on the caller's student
+            raise
         self.student_features = self._student_capture.features
         self.teacher_features = self._teacher_capture.features
         self._teacher_inputs = model_input_names(teacher_model)
@@ -137,7 +142,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
         self.feature_matchers = nn.ModuleDict()
         self.head_alignment: list[str | None] = [None] * n
         self.inputs_are_probabilities: list[bool] = [False] * n
-        self._student_is_attention: list[bool] = [False] * n
+        self._is_attention: list[bool] = [False] * n
         # (object, name) of every override this criterion holds on the models (eager attention, attention
         # dropout); released by remove_hooks() so that the caller's models are left as they were given.
         self._holds: list[tuple[Any, str]] = []
@@ -156,14 +161,6 @@ class IntermediateLayersKnowledgeDistillationLoss:
             self.teacher_stop_key = None
 
     # ------------------------------------------------------------------ set-up
-    def _unique_names(self) -> list[str]:
-        names, seen = [], {}
-        for mapping, loss_type in zip(self.layer_mappings, self.loss_types):
-            name = f"{loss_type}:{mapping.name}"
-            seen[name] = seen.get(name, 0) + 1
-            names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-        return names
-
     def _record_student_mask(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
         self._student_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
@@ -190,14 +187,7 @@ class IntermediateLayersKnowledgeDistillationLoss:
         try:
             self._student_forward(batch, train=False)
             self.teacher_model_forward(batch)
-            # The early stop may fire only at the last capture of the forward, and only when that module ran
-            # once: a module that runs several times (ALBERT's shared layer) is captured at its last call.
-            last = self._teacher_capture.last_captured
-            counts = self._teacher_capture.capture_counts
-            self.teacher_stop_key = last if last is not None and counts.get(last) == 1 else None
-            if last is not None and self.teacher_stop_key is None:
-                logger.debug("teacher module %r runs %d times per forward: the teacher's early stop is off.",
-                             last[0], counts[last])
+            self.teacher_stop_key = self._teacher_capture.early_stop_key()
             return [
                 (
                     self._student_capture.get(m.student_layer, m.student_process),
@@ -223,88 +213,26 @@ class IntermediateLayersKnowledgeDistillationLoss:
 
         for i, ((student, teacher), mapping) in enumerate(zip(pairs, self.layer_mappings)):
             where = f"layer_mappings[{i}] ({mapping.student_layer} -> {mapping.teacher_layer})"
-            for side, value, process in (
-                ("student", student, mapping.student_process), ("teacher", teacher, mapping.teacher_process)
-            ):
-                if value is None:
-                    raise ConfigError(
-                        f"{where}: the {side} output selected by {process!r} is None. For attention maps the "
-                        "model must run eager attention (attn_implementation='eager')."
-                    )
-                if not isinstance(value, torch.Tensor):
-                    raise ConfigError(
-                        f"{where}: the {side} output selected by {process!r} is a {type(value).__name__}, not a "
-                        "tensor; select one element with an index string like '0' or a key like 'logits'."
-                    )
+            check_selected_feature(where, "student", student, mapping.student_process)
+            check_selected_feature(where, "teacher", teacher, mapping.teacher_process)
             self._analyse_mapping(i, where, student, teacher)
         self._switch_off_attention_dropout(batch)
 
-    def _attention_map_owners(self, batch: Mapping[str, torch.Tensor], indices: list[int]) -> dict[int, str]:
-        """For each mapping in `indices`, the deepest student module (the mapped one or one inside it) whose
-        own output holds the very tensor the mapping captures: the module that computes the maps."""
-        modules = dict(self.student_model.named_modules())
-        prefixes = {self.layer_mappings[i].student_layer for i in indices}
-        outputs: dict[str, list[torch.Tensor]] = {}
-
-        def recorder(name: str):
-            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-                outputs.setdefault(name, []).extend(output_tensors(output))
-            return hook
-
-        handles = [
-            module.register_forward_hook(recorder(name))
-            for name, module in modules.items()
-            if any(under(name, prefix) for prefix in prefixes)
-        ]
-        try:
-            self._student_forward(batch, train=False)
-            owners = {}
-            for i in indices:
-                mapping = self.layer_mappings[i]
-                feature = self._student_capture.get(mapping.student_layer, mapping.student_process)
-                found = [
-                    name for name, tensors in outputs.items()
-                    if under(name, mapping.student_layer) and any(t is feature for t in tensors)
-                ]
-                owners[i] = max(found, key=lambda name: (name.count("."), len(name)), default=mapping.student_layer)
-            return owners
-        finally:
-            for handle in handles:
-                handle.remove()
-            self._clear()
-
     def _switch_off_attention_dropout(self, batch: Mapping[str, torch.Tensor]) -> None:
-        """Transformers returns attention maps after dropout: set the dropout of the student module that
-        computes each mapped map to 0 (wherever the mapping points: the attention module or its parent),
-        then check in train mode that the student's mapped maps are distributions."""
-        indices = [
-            i for i, probs in enumerate(self.inputs_are_probabilities) if probs and self._student_is_attention[i]
-        ]
+        """The dropout rule (:mod:`autodistill_trainer.attention_dropout`) for the mapped student maps."""
+        indices = [i for i, probs in enumerate(self.inputs_are_probabilities) if probs and self._is_attention[i]]
         if not indices:
             return
-        modules = dict(self.student_model.named_modules())
-        owners = self._attention_map_owners(batch, indices)
-        for i in indices:
-            where = f"layer_mappings[{i}] ({self.layer_mappings[i].student_layer})"
-            self._holds.extend(hold_attention_dropout(modules[owners[i]], where))
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
-            return  # a train-mode forward would update running statistics of the caller's model
-        with torch.random.fork_rng(devices=[]):
-            try:
-                self._student_forward(batch, train=True)
-                for i in indices:
-                    mapping = self.layer_mappings[i]
-                    value = self._student_capture.get(mapping.student_layer, mapping.student_process)
-                    if not is_probability_tensor(value):
-                        raise ConfigError(
-                            f"layer_mappings[{i}] ({mapping.student_layer}): in train mode the student's mapped "
-                            f"attention maps are not distributions: a dropout inside {owners[i]!r} acts on them "
-                            "and could not be switched off. Map the module that computes the attention "
-                            f"probabilities with its dropout as `dropout`/`attention_dropout`, or set the "
-                            "student's attention_probs_dropout_prob to 0."
-                        )
-            finally:
-                self._clear()
+        mappings = [self.layer_mappings[i] for i in indices]
+        wheres = [f"layer_mappings[{i}] ({m.student_layer})" for i, m in zip(indices, mappings)]
+        try:
+            self._holds.extend(switch_off_attention_dropout(
+                self.student_model, mappings, wheres,
+                forward=lambda train: self._student_forward(batch, train=train),
+                feature=lambda m: self._student_capture.get(m.student_layer, m.student_process),
+            ))
+        finally:
+            self._clear()
 
     def _analyse_mapping(self, i: int, where: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
         if student.ndim != teacher.ndim:
@@ -314,13 +242,13 @@ class IntermediateLayersKnowledgeDistillationLoss:
             )
         self.inputs_are_probabilities[i] = is_probability_tensor(teacher)
         attention = is_attention_map(student)
-        self._student_is_attention[i] = attention
+        self._is_attention[i] = attention
         if attention and student.shape[1] != teacher.shape[1]:
             s_heads, t_heads = student.shape[1], teacher.shape[1]
             self.head_alignment[i] = (
                 "teacher" if t_heads % s_heads == 0 else "student" if s_heads % t_heads == 0 else "both"
             )
-            student, teacher = self._align_heads(i, student, teacher)
+            student, teacher = align_heads(self.head_alignment[i], student, teacher)
             logger.debug(
                 "%s: student has %d heads, teacher %d: averaging %s heads in groups.",
                 where, s_heads, t_heads, self.head_alignment[i] if self.head_alignment[i] != "both" else "all",
@@ -345,16 +273,6 @@ class IntermediateLayersKnowledgeDistillationLoss:
             f"{tuple(teacher.shape)}; a feature matcher only bridges the last (width) dimension and "
             "attention maps may differ only in their number of heads. Map layers whose shapes agree."
         )
-
-    def _align_heads(self, i: int, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mode = self.head_alignment[i]
-        if mode == "teacher":
-            teacher = average_heads(teacher, student.shape[1])
-        elif mode == "student":
-            student = average_heads(student, teacher.shape[1])
-        elif mode == "both":
-            student, teacher = average_heads(student, 1), average_heads(teacher, 1)
-        return student, teacher
 
     def init_feature_matcher(self, student_dim: int, teacher_dim: int) -> nn.Module:
         """Create the linear feature matcher mapping a student width to a teacher width."""
@@ -431,10 +349,11 @@ class IntermediateLayersKnowledgeDistillationLoss:
                 if not student_rows:
                     # real rows first ((B, H, L, L) -> (N, H, L)), then heads: no work on padded rows
                     student, _ = real_positions(student, mask)
-                    student, teacher = self._align_heads(i, student, teacher)
+                    student, teacher = align_heads(self.head_alignment[i], student, teacher)
                 if student.shape != teacher.shape:
                     raise RuntimeError(
-                        f"{self.loss_names[i]}: student rows {tuple(student.shape)} and teacher rows {tuple(teacher.shape)} "
+                        f"{self.loss_names[i]}: student rows {tuple(student.shape)} and teacher rows "
+                        f"{tuple(teacher.shape)} "
                         "differ: the student and the teacher saw different attention masks in this step."
                     )
                 loss = self.loss_funcs[i](student, teacher)

@@ -1,5 +1,5 @@
 """Set-up helpers of the criterion: input filtering, row selection, head alignment, the probabilities-or-logits
-decision, and finding (and switching off) the dropout that acts on mapped attention maps.
+decision and the switch to eager attention.
 
 These are pure functions on tensors and modules; :mod:`autodistill_trainer.criterion` wires them together.
 """
@@ -15,15 +15,11 @@ import torch
 from torch import nn
 
 from . import module_overrides
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 _NON_MODEL_INPUTS = {"labels", "label", "num_items_in_batch", "return_loss"}
-
-# Attributes through which attention modules hold the dropout of their attention probabilities:
-# an ``nn.Dropout`` (BERT, MobileBERT: ``dropout``; ALBERT: ``attention_dropout``) or a float probability
-# passed to the attention function (Llama-style ``attention_dropout``).
-ATTENTION_DROPOUT_ATTRIBUTES = ("dropout", "attention_dropout", "attn_dropout", "attn_pdrop", "dropout_p")
 
 # A float tensor is read as a probability distribution along its last dimension when it is non-negative
 # and every row sums to 1 within max(MIN_ROW_SUM_TOLERANCE, eps(dtype) * sqrt(row length)).
@@ -101,6 +97,32 @@ def is_attention_map(tensor: torch.Tensor) -> bool:
     return tensor.ndim == 4 and tensor.shape[-1] == tensor.shape[-2]
 
 
+def check_selected_feature(where: str, side: str, value: Any, process: Any) -> None:
+    """Raise a ConfigError when a mapping's process did not select a tensor from the probe's output."""
+    if value is None:
+        raise ConfigError(
+            f"{where}: the {side} output selected by {process!r} is None. For attention maps the "
+            "model must run eager attention (attn_implementation='eager')."
+        )
+    if not isinstance(value, torch.Tensor):
+        raise ConfigError(
+            f"{where}: the {side} output selected by {process!r} is a {type(value).__name__}, not a "
+            "tensor; select one element with an index string like '0' or a key like 'logits'."
+        )
+
+
+def align_heads(mode: str | None, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average attention heads as set-up decided: ``"teacher"`` or ``"student"`` (that side down to the
+    other's head count), ``"both"`` (both to one map) or None (unchanged)."""
+    if mode == "teacher":
+        teacher = average_heads(teacher, student.shape[1])
+    elif mode == "student":
+        student = average_heads(student, teacher.shape[1])
+    elif mode == "both":
+        student, teacher = average_heads(student, 1), average_heads(teacher, 1)
+    return student, teacher
+
+
 def output_tensors(output: Any) -> Iterator[torch.Tensor]:
     """The tensors a module returned: the output itself, or the items of a tuple/list/dict/ModelOutput."""
     if isinstance(output, torch.Tensor):
@@ -114,32 +136,6 @@ def output_tensors(output: Any) -> Iterator[torch.Tensor]:
 def under(name: str, prefix: str) -> bool:
     """Whether module `name` is `prefix` or lies inside it (``""`` is the whole model)."""
     return prefix == "" or name == prefix or name.startswith(prefix + ".")
-
-
-def hold_attention_dropout(module: nn.Module, where: str) -> list[tuple[Any, str]]:
-    """Set the attention-probability dropout that `module` applies to 0; return the holds taken.
-
-    Looks at :data:`ATTENTION_DROPOUT_ATTRIBUTES` of `module`: an ``nn.Dropout`` gets ``p = 0``, a float
-    probability gets 0.0. An override another criterion already holds is joined, so that it is restored
-    only when the last criterion is done (see :mod:`autodistill_trainer.module_overrides`).
-    """
-    holds: list[tuple[Any, str]] = []
-    for attribute in ATTENTION_DROPOUT_ATTRIBUTES:
-        value = getattr(module, attribute, None)
-        if isinstance(value, nn.Dropout):
-            target, name = value, "p"
-        elif isinstance(value, float) and not isinstance(value, bool):
-            target, name = module, attribute
-        else:
-            continue
-        current = getattr(target, name)
-        if current > 0 or module_overrides.is_held(target, name):
-            if module_overrides.hold(
-                target, name, 0.0, module_overrides.get_attribute(name), module_overrides.set_attribute(name)
-            ):
-                holds.append((target, name))
-                logger.debug("%s: attention dropout %s of the student set to 0 (was %s).", where, attribute, current)
-    return holds
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -56,7 +56,9 @@ def select_output(output: Any, process: OutputProcess, where: str = "") -> torch
             values = output.to_tuple()
             if -len(values) <= index < len(values):
                 return values[index]
-            raise ConfigError(f"{where}: output index {index} does not exist; the output has fields {list(output.keys())}.")
+            raise ConfigError(
+                f"{where}: output index {index} does not exist; the output has fields {list(output.keys())}."
+            )
         raise ConfigError(
             f"{where}: output index {index} was given but the module returns a single "
             f"{type(output).__name__}; drop the index to use the output itself."
@@ -71,7 +73,9 @@ def select_output(output: Any, process: OutputProcess, where: str = "") -> torch
             )
         if hasattr(output, process):
             return getattr(output, process)
-        raise ConfigError(f"{where}: output key {process!r} was given but the module returns a {type(output).__name__}.")
+        raise ConfigError(
+            f"{where}: output key {process!r} was given but the module returns a {type(output).__name__}."
+        )
     raise ConfigError(f"{where}: a layer-output process must be an index string, a key or a callable, got {process!r}.")
 
 
@@ -82,7 +86,8 @@ class StopForward(Exception):
 class FeatureCapture:
     """Forward hooks that store selected outputs of named modules during ordinary forwards.
 
-    ``features[name]`` holds the latest captured tensor of each hooked (module, process) pair.
+    ``features[name]`` holds the latest captured tensor of each hooked (module, process) pair (for a
+    module that runs several times per forward, its last call's output).
     Captured tensors keep their autograd graph (student side); `clear()` drops them so nothing piles
     up between steps; `remove()` removes every hook.
     """
@@ -149,6 +154,17 @@ class FeatureCapture:
                 "Check that the mapping names a module used by the model's forward."
             )
         return self.features[key]
+
+    def early_stop_key(self) -> tuple[str, str] | None:
+        """The key at which a forward like the last one may stop early: the last capture of that forward,
+        provided its module ran only once (a module that runs several times per forward, e.g. ALBERT's
+        shared layer, must reach its last call, whose output is the feature kept); else None."""
+        last = self.last_captured
+        if last is not None and self.capture_counts.get(last) != 1:
+            logger.debug("%s module %r runs %d times per forward: no early stop.", self.role, last[0],
+                         self.capture_counts[last])
+            return None
+        return last
 
     def clear(self) -> None:
         """Drop every captured feature (call once per step)."""

@@ -108,7 +108,9 @@ class FeatureLoss(nn.Module):
         self, student: torch.Tensor, teacher: torch.Tensor, position_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         if student.shape != teacher.shape:
-            raise ValueError(f"{self.loss_name}: student shape {tuple(student.shape)} != teacher {tuple(teacher.shape)}")
+            raise ValueError(
+                f"{self.loss_name}: student shape {tuple(student.shape)} != teacher {tuple(teacher.shape)}"
+            )
         return masked_mean(self.per_position(student, teacher), position_mask)
 
     def extra_repr(self) -> str:

@@ -38,7 +38,9 @@ class LayerMapping:
 
 def _check_layer(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{where}: a layer must be a dotted module name string ('' for the whole model), got {value!r}.")
+        raise ConfigError(
+            f"{where}: a layer must be a dotted module name string ('' for the whole model), got {value!r}."
+        )
     return value
 
 
@@ -88,3 +90,13 @@ def parse_layer_mappings(mappings: Any, key: str = "layer_mappings") -> list[Lay
     if isinstance(mappings, (str, bytes)) or not isinstance(mappings, Sequence) or len(mappings) == 0:
         raise ConfigError(f"{key}: expected a non-empty list of layer mappings, got {mappings!r}.")
     return [parse_layer_mapping(m, f"{key}[{i}]") for i, m in enumerate(mappings)]
+
+
+def loss_names(mappings: Sequence[LayerMapping], loss_types: Sequence[str]) -> list[str]:
+    """One unique log name per mapping: ``"<loss type>:<mapping name>"``, with ``#2``, ``#3``... on repeats."""
+    names, seen = [], {}
+    for mapping, loss_type in zip(mappings, loss_types):
+        name = f"{loss_type}:{mapping.name}"
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names

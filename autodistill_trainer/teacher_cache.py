@@ -155,7 +155,10 @@ class TeacherOutputCache:
                 kinds[column] = "token"
             else:
                 shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                logger.debug("teacher feature %s is not cacheable (shape %s): the live teacher is used.", mapping.teacher_layer, shape)
+                logger.debug(
+                    "teacher feature %s is not cacheable (shape %s): the live teacher is used.",
+                    mapping.teacher_layer, shape,
+                )
                 return None, None
             sizes[column] = int(tensor.shape[-1])
         return kinds, sizes
@@ -189,7 +192,8 @@ class TeacherOutputCache:
                 rejected[0].teacher_layer, type(rejected[0].teacher_process).__name__,
             )
             return dataset
-        missing = list({teacher_column(m): m for m in mappings if teacher_column(m) not in dataset.column_names}.values())
+        by_column = {teacher_column(m): m for m in mappings}
+        missing = [m for column, m in by_column.items() if column not in dataset.column_names]
         if not missing:
             return dataset
         path = self._path(dataset, missing)
@@ -210,7 +214,9 @@ class TeacherOutputCache:
         return os.path.join(self.cache_dir, f"teacher-outputs-{key.hexdigest()[:20]}.arrow")
 
     def _build(self, dataset, mappings: Sequence[LayerMapping], path: str):
-        context = self.main_process_first(desc="teacher outputs") if self.main_process_first else contextlib.nullcontext()
+        context = (
+            self.main_process_first(desc="teacher outputs") if self.main_process_first else contextlib.nullcontext()
+        )
         os.makedirs(self.cache_dir, exist_ok=True)
         with context, FileLock(path + ".lock"):
             if os.path.isfile(path):  # another process or thread wrote it meanwhile
@@ -222,8 +228,10 @@ class TeacherOutputCache:
                 return None
             estimate = self._estimate_bytes(dataset, kinds, sizes)
             if estimate > self.max_bytes:
-                logger.info("teacher features need ~%.2f GB, over the cache budget of %.2f GB: the live teacher is used.",
-                            estimate / 1e9, self.max_bytes / 1e9)
+                logger.info(
+                    "teacher features need ~%.2f GB, over the cache budget of %.2f GB: the live teacher is used.",
+                    estimate / 1e9, self.max_bytes / 1e9,
+                )
                 return None
             return self._features_dataset(dataset, mappings, kinds, path)
 

@@ -48,7 +48,9 @@ def test_identical_student_and_teacher_give_zero_loss(bert_teacher):
 def test_padding_does_not_change_the_loss(bert_teacher, mobilebert_student):
     mobilebert_student.eval()
     mappings = mobilebert_block_mappings(0) + [("classifier", "classifier")]
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mappings, ["KL", "MSE", "KL"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, mappings, ["KL", "MSE", "KL"]
+    )
     batch = random_batch(batch_size=3, seq_len=8, pad_last=0, with_labels=False)
     padded = {
         "input_ids": torch.cat([batch["input_ids"], torch.zeros(3, 5, dtype=torch.long)], 1),
@@ -97,7 +99,9 @@ def test_mse_ignores_padded_token_positions():
 
 def test_probabilities_or_logits_is_decided_once_at_set_up(bert_teacher, mobilebert_student):
     mappings = mobilebert_block_mappings(0) + [("classifier", "classifier")]
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mappings, ["KL", "MSE", "KL"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, mappings, ["KL", "MSE", "KL"]
+    )
     assert criterion.inputs_are_probabilities == [True, False, False]
     assert [f.inputs_are_probabilities for f in criterion.loss_funcs] == [True, False, False]
 
@@ -124,12 +128,18 @@ def test_head_mismatch_averages_the_larger_side_in_contiguous_groups():
 
 
 def test_head_counts_that_do_not_divide_are_both_averaged_to_one_map(bert_teacher):
-    student = BertForSequenceClassification(tiny_bert_config(num_attention_heads=8, hidden_size=24, intermediate_size=48))
-    teacher = BertForSequenceClassification(tiny_bert_config(num_attention_heads=2, hidden_size=24, intermediate_size=48))
+    student = BertForSequenceClassification(
+        tiny_bert_config(num_attention_heads=8, hidden_size=24, intermediate_size=48)
+    )
+    teacher = BertForSequenceClassification(
+        tiny_bert_config(num_attention_heads=2, hidden_size=24, intermediate_size=48)
+    )
     # 8 student heads vs 2 teacher heads -> the student is averaged; 3 vs 2 -> both
     mapping = [("bert.encoder.layer.0.attention.self", "1", "bert.encoder.layer.0.attention.self", "1")]
     assert IntermediateLayersKnowledgeDistillationLoss(student, teacher, mapping, ["KL"]).head_alignment == ["student"]
-    student3 = BertForSequenceClassification(tiny_bert_config(num_attention_heads=3, hidden_size=24, intermediate_size=48))
+    student3 = BertForSequenceClassification(
+        tiny_bert_config(num_attention_heads=3, hidden_size=24, intermediate_size=48)
+    )
     criterion = IntermediateLayersKnowledgeDistillationLoss(student3, teacher, mapping, ["KL"])
     assert criterion.head_alignment == ["both"]
     assert torch.isfinite(step_loss(criterion, student3, random_batch()))
@@ -150,7 +160,9 @@ def test_sdpa_model_is_switched_to_eager_for_attention_maps(caplog):
 def test_mapped_student_attention_has_no_dropout_until_hooks_are_removed(bert_teacher, mobilebert_student):
     module = mobilebert_student.mobilebert.encoder.layer[0].attention.self
     assert module.dropout.p == pytest.approx(0.1)
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"]
+    )
     assert module.dropout.p == 0.0
     assert mobilebert_student.mobilebert.encoder.layer[1].attention.self.dropout.p == pytest.approx(0.1)
     criterion.remove_hooks()
@@ -158,7 +170,9 @@ def test_mapped_student_attention_has_no_dropout_until_hooks_are_removed(bert_te
 
 
 def test_features_do_not_outlive_a_step_and_hooks_can_be_removed(bert_teacher, mobilebert_student):
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"]
+    )
     assert criterion.student_features == {} and criterion.teacher_features == {}
     batch = random_batch()
     mobilebert_student(**batch)
@@ -173,7 +187,9 @@ def test_features_do_not_outlive_a_step_and_hooks_can_be_removed(bert_teacher, m
 
 
 def test_teacher_forward_runs_in_eval_mode_without_grad(bert_teacher, mobilebert_student):
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, [("classifier", "classifier")], ["KL"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, [("classifier", "classifier")], ["KL"]
+    )
     bert_teacher.train()
     criterion.teacher_model_forward(random_batch())
     assert not bert_teacher.training
@@ -186,19 +202,24 @@ def test_teacher_forward_stops_after_the_last_needed_layer(bert_teacher, mobileb
     ran = []
     bert_teacher.bert.encoder.layer[1].register_forward_hook(lambda *a: ran.append("layer1"))
     bert_teacher.classifier.register_forward_hook(lambda *a: ran.append("classifier"))
-    early = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"])
+    early = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"]
+    )
     ran.clear()
     assert early.teacher_model_forward(random_batch()) is None
     assert ran == [] and len(early.teacher_features) == 2
     full = IntermediateLayersKnowledgeDistillationLoss(
-        mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"], early_stop_teacher=False)
+        mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"], early_stop_teacher=False
+    )
     ran.clear()
     assert full.teacher_model_forward(random_batch()).logits.shape == (4, 2)
     assert ran == ["layer1", "classifier"]
 
 
 def test_default_weights_are_one_over_the_number_of_mappings(bert_teacher, mobilebert_student):
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"]
+    )
     assert criterion.loss_weights == [0.5, 0.5]
     loss = step_loss(criterion, mobilebert_student, random_batch())
     terms = list(criterion.last_loss_terms.values())
@@ -208,19 +229,26 @@ def test_default_weights_are_one_over_the_number_of_mappings(bert_teacher, mobil
 def test_the_three_mapping_forms_are_equivalent(bert_teacher, mobilebert_student):
     s, t = "mobilebert.encoder.layer.0.attention.self", "bert.encoder.layer.0.attention.self"
     forms = [[(s, "1", t, "1")], [[(s, "1"), (t, "1")]], [[s, "1", t, "1"]]]
-    parsed = [IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, f, ["KL"]).layer_mappings for f in forms]
+    parsed = [
+        IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, f, ["KL"]).layer_mappings
+        for f in forms
+    ]
     assert parsed[0] == parsed[1] == parsed[2]
     assert parsed[0][0].student_process == "1"
 
 
 def test_output_process_can_be_a_key_or_a_callable(bert_teacher, mobilebert_student):
-    by_key = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, [("", "logits", "", "logits")], ["KL"])
+    by_key = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, [("", "logits", "", "logits")], ["KL"]
+    )
     by_fn = IntermediateLayersKnowledgeDistillationLoss(
         mobilebert_student, bert_teacher, [("classifier", lambda o: o * 1.0, "classifier", None)], ["KL"]
     )
     batch = random_batch()
     mobilebert_student.eval()
-    assert step_loss(by_key, mobilebert_student, batch).item() == pytest.approx(step_loss(by_fn, mobilebert_student, batch).item(), rel=1e-5)
+    assert step_loss(by_key, mobilebert_student, batch).item() == pytest.approx(
+        step_loss(by_fn, mobilebert_student, batch).item(), rel=1e-5
+    )
 
 
 def test_user_registered_loss_is_usable_by_name(bert_teacher, mobilebert_student):
@@ -230,7 +258,9 @@ def test_user_registered_loss_is_usable_by_name(bert_teacher, mobilebert_student
             return (student - teacher).sum(-1) * 0.0
 
     try:
-        criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, [("classifier", "classifier")], ["zero"])
+        criterion = IntermediateLayersKnowledgeDistillationLoss(
+            mobilebert_student, bert_teacher, [("classifier", "classifier")], ["zero"]
+        )
         assert isinstance(criterion.loss_funcs[0], ZeroLoss)
         assert step_loss(criterion, mobilebert_student, random_batch()).item() == 0.0
     finally:
@@ -240,24 +270,47 @@ def test_user_registered_loss_is_usable_by_name(bert_teacher, mobilebert_student
 @pytest.mark.parametrize(
     "mappings, loss_types, weights, message",
     [
-        ([("mobilebert.encoder.layer.0.atention.self", "bert.encoder.layer.0.attention.self")], ["MSE"], None,
-         "student has no module named 'mobilebert.encoder.layer.0.atention.self'"),
-        ([("classifier", "bert.encoder.layer.7.output")], ["MSE"], None, "Did you mean: 'bert.encoder.layer.1.output', 'bert.encoder.layer.0.output'"),
-        ([("mobilebert.encoder.layer.0.attention.self", "5", "bert.encoder.layer.0.attention.self", "1")], ["KL"], None,
-         "output index 5 does not exist; the module returns a tuple of 2 items"),
+        (
+            [("mobilebert.encoder.layer.0.atention.self", "bert.encoder.layer.0.attention.self")],
+            ["MSE"],
+            None,
+            "student has no module named 'mobilebert.encoder.layer.0.atention.self'",
+        ),
+        (
+            [("classifier", "bert.encoder.layer.7.output")],
+            ["MSE"],
+            None,
+            "Did you mean: 'bert.encoder.layer.1.output', 'bert.encoder.layer.0.output'",
+        ),
+        (
+            [("mobilebert.encoder.layer.0.attention.self", "5", "bert.encoder.layer.0.attention.self", "1")],
+            ["KL"],
+            None,
+            "output index 5 does not exist; the module returns a tuple of 2 items",
+        ),
         ([("", "logitz", "", "logits")], ["KL"], None, "output key 'logitz' does not exist"),
         ([("classifier", "classifier")], ["KL", "MSE"], None, "loss_types has 2 entries but layer_mappings has 1"),
         ([("classifier", "classifier")], ["KL"], [0.5, 0.5], "loss_weights has 2 entries but layer_mappings has 1"),
         ([("classifier", "classifier")], ["KLD"], None, "unknown loss type 'KLD'"),
-        ([("mobilebert.encoder.layer.0.attention.self", "1", "bert.encoder.layer.0.output", None)], ["MSE"], None,
-         "no matcher can bridge a different number of dimensions"),
-        ([("mobilebert.encoder.layer.0.attention.self", "bert.encoder.layer.0.attention.self")], ["MSE"], None,
-         "is a tuple, not a tensor"),
+        (
+            [("mobilebert.encoder.layer.0.attention.self", "1", "bert.encoder.layer.0.output", None)],
+            ["MSE"],
+            None,
+            "no matcher can bridge a different number of dimensions",
+        ),
+        (
+            [("mobilebert.encoder.layer.0.attention.self", "bert.encoder.layer.0.attention.self")],
+            ["MSE"],
+            None,
+            "is a tuple, not a tensor",
+        ),
         ([("classifier",)], ["MSE"], None, "a mapping has 2 items"),
         ([], ["MSE"], None, "expected a non-empty list of layer mappings"),
     ],
 )
-def test_bad_input_fails_at_construction_with_a_clear_message(bert_teacher, mobilebert_student, mappings, loss_types, weights, message):
+def test_bad_input_fails_at_construction_with_a_clear_message(
+    bert_teacher, mobilebert_student, mappings, loss_types, weights, message
+):
     with pytest.raises(ConfigError) as error:
         IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mappings, loss_types, weights)
     assert message in str(error.value)
@@ -267,15 +320,25 @@ def test_shapes_no_matcher_can_bridge_are_rejected(bert_teacher):
     student = MobileBertForSequenceClassification(tiny_mobilebert_config(num_labels=3))
     with pytest.raises(ConfigError, match="only bridges the last"):
         IntermediateLayersKnowledgeDistillationLoss(
-            student, bert_teacher,
-            [("mobilebert.encoder.layer.0.attention.self", "1", "bert.encoder.layer.0.attention.self", "1"),
-             ("mobilebert.encoder.layer.1.attention.self", "1", "bert.encoder.layer.1.attention.self", lambda o: o[1][..., :4])],
+            student,
+            bert_teacher,
+            [
+                ("mobilebert.encoder.layer.0.attention.self", "1", "bert.encoder.layer.0.attention.self", "1"),
+                (
+                    "mobilebert.encoder.layer.1.attention.self",
+                    "1",
+                    "bert.encoder.layer.1.attention.self",
+                    lambda o: o[1][..., :4],
+                ),
+            ],
             ["KL", "KL"],
         )
 
 
 def test_matchers_and_losses_work_on_real_positions_only(bert_teacher, mobilebert_student):
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, mobilebert_block_mappings(0), ["KL", "MSE"]
+    )
     seen = []
     criterion.feature_matchers["1"].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     batch = random_batch(batch_size=4, seq_len=10, pad_last=3)  # 40 positions, 3 of them padding

@@ -124,8 +124,15 @@ def test_a_rejected_mapping_leaves_no_hook_and_no_change_on_the_models():
 def tiny_albert(seed: int) -> AlbertForSequenceClassification:
     torch.manual_seed(seed)
     config = AlbertConfig(
-        vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_hidden_groups=1,
-        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, attn_implementation="eager",
+        vocab_size=100,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_hidden_groups=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attn_implementation="eager",
     )
     return AlbertForSequenceClassification(config).eval()
 

@@ -20,7 +20,9 @@ def make_cache(teacher, tmp_path, **kwargs):
 
 def test_cached_and_live_losses_agree(tmp_path, bert_teacher, mobilebert_student):
     mobilebert_student.eval()
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, LOGITS_AND_HIDDEN, ["KL", "MSE"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, LOGITS_AND_HIDDEN, ["KL", "MSE"]
+    )
     cache = make_cache(bert_teacher, tmp_path)
     dataset = cache.dataset_for(token_dataset(), criterion.layer_mappings)
     columns = [teacher_column(m) for m in criterion.layer_mappings]
@@ -42,7 +44,9 @@ def test_cached_and_live_losses_agree(tmp_path, bert_teacher, mobilebert_student
 
 
 def test_one_teacher_pass_serves_every_stage_trial_and_rerun(tmp_path, bert_teacher, mobilebert_student):
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, LOGITS_AND_HIDDEN[:1], ["KL"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, LOGITS_AND_HIDDEN[:1], ["KL"]
+    )
     data = token_dataset()
     cache = make_cache(bert_teacher, tmp_path)
     first = cache.dataset_for(data, criterion.layer_mappings)
@@ -59,14 +63,21 @@ def test_one_teacher_pass_serves_every_stage_trial_and_rerun(tmp_path, bert_teac
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
-def test_attention_maps_and_oversized_features_fall_back_to_the_live_teacher(tmp_path, bert_teacher, mobilebert_student):
+def test_attention_maps_and_oversized_features_fall_back_to_the_live_teacher(
+    tmp_path, bert_teacher, mobilebert_student
+):
     data = token_dataset()
     attention = IntermediateLayersKnowledgeDistillationLoss(
-        mobilebert_student, bert_teacher,
-        [("mobilebert.encoder.layer.0.attention.self", "1", "bert.encoder.layer.0.attention.self", "1")], ["KL"])
+        mobilebert_student,
+        bert_teacher,
+        [("mobilebert.encoder.layer.0.attention.self", "1", "bert.encoder.layer.0.attention.self", "1")],
+        ["KL"],
+    )
     cache = make_cache(bert_teacher, tmp_path)
     assert cache.dataset_for(data, attention.layer_mappings) is data
-    hidden = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, LOGITS_AND_HIDDEN[1:], ["MSE"])
+    hidden = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, LOGITS_AND_HIDDEN[1:], ["MSE"]
+    )
     tiny_budget = make_cache(bert_teacher, tmp_path, max_bytes=1000)
     assert tiny_budget.dataset_for(data, hidden.layer_mappings) is data
     assert cache.passes == 0 and tiny_budget.passes == 0
@@ -75,12 +86,27 @@ def test_attention_maps_and_oversized_features_fall_back_to_the_live_teacher(tmp
 def test_a_cached_run_never_calls_the_teacher_while_training(tmp_path, bert_teacher, mobilebert_student):
     calls = []
     cache = make_cache(bert_teacher, tmp_path)
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3, report_to=[],
-                             save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-2, logging_steps=1)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-2,
+        logging_steps=1,
+    )
     before = {n: p.detach().clone() for n, p in mobilebert_student.named_parameters()}
-    trainer = DistillationTrainer(model=mobilebert_student, teacher_model=bert_teacher, args=args,
-                                  criterion={"layer_mappings": LOGITS_AND_HIDDEN, "loss_types": ["KL", "MSE"], "add_origin_loss": True},
-                                  train_dataset=token_dataset(), data_collator=pad_collator, teacher_cache=cache)
+    trainer = DistillationTrainer(
+        model=mobilebert_student,
+        teacher_model=bert_teacher,
+        args=args,
+        criterion={"layer_mappings": LOGITS_AND_HIDDEN, "loss_types": ["KL", "MSE"], "add_origin_loss": True},
+        train_dataset=token_dataset(),
+        data_collator=pad_collator,
+        teacher_cache=cache,
+    )
     assert cache.passes == 0  # nothing is computed until training starts
     cache.dataset_for(token_dataset(), trainer.criterion.layer_mappings)  # e.g. an earlier trial
     bert_teacher.register_forward_hook(lambda *a: calls.append(1))
@@ -91,14 +117,28 @@ def test_a_cached_run_never_calls_the_teacher_while_training(tmp_path, bert_teac
     assert "origin_loss" in logged and "KL:classifier" in logged
 
 
-def test_schedule_uses_the_cache_for_regular_and_the_live_teacher_for_attention(tmp_path, bert_teacher, mobilebert_student):
+def test_schedule_uses_the_cache_for_regular_and_the_live_teacher_for_attention(
+    tmp_path, bert_teacher, mobilebert_student
+):
     calls = []
     bert_teacher.register_forward_hook(lambda *a: calls.append(1))
     cache = make_cache(bert_teacher, tmp_path)
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, report_to=[],
-                             save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-2)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-2,
+    )
     results = run_distillation(
-        mobilebert_student, bert_teacher, args, token_dataset(), data_collator=pad_collator, teacher_cache=cache,
+        mobilebert_student,
+        bert_teacher,
+        args,
+        token_dataset(),
+        data_collator=pad_collator,
+        teacher_cache=cache,
         flash_distillation={"block_names": "auto", "layer_mappings_for_knowledge_transfer": "auto", "train_steps": 2},
         regular_distillation={"train_steps": 3},
     )
@@ -106,7 +146,12 @@ def test_schedule_uses_the_cache_for_regular_and_the_live_teacher_for_attention(
     assert cache.passes == 1
     calls_after = len(calls)
     results = run_distillation(
-        mobilebert_student, bert_teacher, args, token_dataset(), data_collator=pad_collator, teacher_cache=cache,
+        mobilebert_student,
+        bert_teacher,
+        args,
+        token_dataset(),
+        data_collator=pad_collator,
+        teacher_cache=cache,
         regular_distillation={"train_steps": 5},
     )
     assert cache.passes == 1
