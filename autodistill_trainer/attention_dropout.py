@@ -5,8 +5,9 @@ would not be distributions (rows sum to 0.4-1.1 with dropout 0.5) and a KL again
 measure noise. For every mapping whose student feature is an attention map, set-up finds the module that
 *computes* the map, wherever the mapping points (the attention module itself, or a parent such as BERT's
 ``layer.N.attention``, which passes its child's maps on as output ``1``): the deepest module under the
-mapped one whose own output holds that very tensor. Its attention dropout (an ``nn.Dropout`` or a float
-probability in one of :data:`ATTENTION_DROPOUT_ATTRIBUTES`) is set to 0, and a train-mode forward then
+mapped one whose own output holds that very tensor (an ``nn.Dropout`` called as a module returns its input
+in eval mode, so it is found itself). Its attention dropout (that ``nn.Dropout``, or an ``nn.Dropout`` or a
+float probability in one of :data:`ATTENTION_DROPOUT_ATTRIBUTES`) is set to 0, and a train-mode forward then
 checks that the mapped maps are distributions; when they are not, the mapping is refused with a message
 naming the module. The caller's values come back when the criterion's hooks are removed.
 """
@@ -38,26 +39,30 @@ Feature = Callable[[LayerMapping], torch.Tensor]  # the student feature the last
 def hold_attention_dropout(module: nn.Module, where: str) -> list[tuple[Any, str]]:
     """Set the attention-probability dropout that `module` applies to 0; return the holds taken.
 
-    Looks at :data:`ATTENTION_DROPOUT_ATTRIBUTES` of `module`: an ``nn.Dropout`` gets ``p = 0``, a float
-    probability gets 0.0. An override another criterion already holds is joined, so that it is restored
-    only when the last criterion is done (see :mod:`autodistill_trainer.module_overrides`).
+    `module` may be that ``nn.Dropout`` itself; otherwise its :data:`ATTENTION_DROPOUT_ATTRIBUTES` are looked
+    at: an ``nn.Dropout`` gets ``p = 0``, a float probability gets 0.0. An override another criterion already
+    holds is joined, so that it is restored only when the last criterion is done (see
+    :mod:`autodistill_trainer.module_overrides`).
     """
     holds: list[tuple[Any, str]] = []
-    for attribute in ATTENTION_DROPOUT_ATTRIBUTES:
-        value = getattr(module, attribute, None)
-        if isinstance(value, nn.Dropout):
-            target, name = value, "p"
-        elif isinstance(value, float) and not isinstance(value, bool):
-            target, name = module, attribute
-        else:
-            continue
+    if isinstance(module, nn.Dropout):  # the maps leave an nn.Dropout called as a module: that is the one
+        candidates = [(module, "p")]
+    else:
+        candidates = []
+        for attribute in ATTENTION_DROPOUT_ATTRIBUTES:
+            value = getattr(module, attribute, None)
+            if isinstance(value, nn.Dropout):
+                candidates.append((value, "p"))
+            elif isinstance(value, float):
+                candidates.append((module, attribute))
+    for target, name in candidates:
         current = getattr(target, name)
         if current > 0 or module_overrides.is_held(target, name):
             if module_overrides.hold(
                 target, name, 0.0, module_overrides.get_attribute(name), module_overrides.set_attribute(name)
             ):
                 holds.append((target, name))
-                logger.debug("%s: attention dropout %s of the student set to 0 (was %s).", where, attribute, current)
+                logger.debug("%s: attention dropout %s of the student set to 0 (was %s).", where, name, current)
     return holds
 
 

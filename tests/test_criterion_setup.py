@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AlbertConfig, AlbertForSequenceClassification, BertForSequenceClassification
 
-from autodistill_trainer import IntermediateLayersKnowledgeDistillationLoss
+from autodistill_trainer import ConfigError, IntermediateLayersKnowledgeDistillationLoss
 from autodistill_trainer.criterion_setup import is_probability_tensor
 from helpers import random_batch, tiny_bert_config
 
@@ -156,3 +156,60 @@ def test_teacher_early_stop_stays_on_after_a_module_that_runs_once(bert_teacher,
     criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mapping, ["MSE"])
     assert criterion.teacher_stop_key == ("bert.encoder.layer.0.output", "None")
     assert criterion.teacher_model_forward(random_batch()) is None
+
+
+class TinySelfAttention(torch.nn.Module):
+    """Attention maps with their dropout held under `dropout_name` (returns (hidden, maps) like Transformers):
+    an ``nn.Dropout`` module, or a float probability given to the functional dropout."""
+
+    def __init__(self, dropout_name: str, functional: bool):
+        super().__init__()
+        self.embed = torch.nn.Embedding(100, 8)
+        self.query = torch.nn.Linear(8, 8)
+        self.dropout_name, self.functional = dropout_name, functional
+        setattr(self, dropout_name, 0.5 if functional else torch.nn.Dropout(0.5))
+
+    def forward(self, input_ids, attention_mask=None):
+        hidden = self.embed(input_ids)
+        maps = torch.softmax(self.query(hidden) @ hidden.transpose(1, 2), -1)[:, None]
+        dropout = getattr(self, self.dropout_name)
+        if self.functional:
+            return hidden, torch.nn.functional.dropout(maps, dropout, self.training)
+        return hidden, dropout(maps)
+
+
+class TinyAttentionModel(torch.nn.Module):
+    def __init__(self, dropout_name: str, functional: bool = False):
+        super().__init__()
+        self.block = TinySelfAttention(dropout_name, functional)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.block(input_ids, attention_mask)
+
+
+def test_a_dropout_that_cannot_be_switched_off_is_refused_naming_the_module():
+    torch.manual_seed(0)
+    student = TinyAttentionModel("drop_probs", functional=True).train()
+    teacher = copy.deepcopy(student).eval()
+    with pytest.raises(ConfigError, match="a dropout inside 'block' acts on them"):
+        IntermediateLayersKnowledgeDistillationLoss(student, teacher, [("", "1", "", "1")], ["KL"])
+    assert student.block.drop_probs == 0.5
+    assert not student._forward_hooks and not student._forward_pre_hooks and not student.block._forward_hooks
+
+
+@pytest.mark.parametrize("name, functional", [("drop_probs", False), ("attention_dropout", True)])
+def test_the_dropout_on_the_maps_is_found_under_a_whole_model_mapping(name, functional):
+    torch.manual_seed(0)
+    student = TinyAttentionModel(name, functional).train()
+    teacher = copy.deepcopy(student).eval()
+    criterion = IntermediateLayersKnowledgeDistillationLoss(student, teacher, [("", "1", "", "1")], ["KL"])
+
+    def probability():
+        value = getattr(student.block, name)
+        return value if functional else value.p
+
+    assert probability() == 0.0
+    batch = random_batch(with_labels=False)
+    assert step_loss(criterion, student, batch).item() == pytest.approx(0.0, abs=1e-6)
+    criterion.remove_hooks()
+    assert probability() == 0.5
