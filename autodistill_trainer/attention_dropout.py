@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import module_overrides
-from .criterion_setup import is_probability_tensor, output_tensors, under
+from .criterion_setup import is_probability_tensor, model_device, output_tensors, under
 from .errors import ConfigError
 from .mappings import LayerMapping
 
@@ -113,8 +113,9 @@ def switch_off_attention_dropout(
         holds.extend(hold_attention_dropout(modules[owner], where))
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
         return holds  # a train-mode forward would update running statistics of the caller's model
-    try:
-        with torch.random.fork_rng(devices=[]):
+    device = model_device(model)
+    try:  # the train-mode forward draws dropout masks: the caller's random streams are left as they were
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             forward(True)
         for mapping, owner, where in zip(mappings, owners, wheres):
             if not is_probability_tensor(feature(mapping)):

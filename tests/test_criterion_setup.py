@@ -213,3 +213,13 @@ def test_the_dropout_on_the_maps_is_found_under_a_whole_model_mapping(name, func
     assert step_loss(criterion, student, batch).item() == pytest.approx(0.0, abs=1e-6)
     criterion.remove_hooks()
     assert probability() == 0.5
+
+
+def test_set_up_leaves_the_global_random_state_as_it_was(bert_teacher, mobilebert_student):
+    mobilebert_student.train()
+    state = torch.get_rng_state()
+    mappings = [("mobilebert.encoder.layer.0.attention.self", "1", "bert.encoder.layer.0.attention.self", "1"),
+                ("mobilebert.encoder.layer.0.output", "bert.encoder.layer.0.output")]  # a seeded matcher too
+    IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mappings, ["KL", "MSE"])
+    assert torch.equal(torch.get_rng_state(), state)
+    assert mobilebert_student.training
