@@ -11,6 +11,7 @@ import yaml
 from transformers import BertConfig, BertForSequenceClassification, MobileBertForSequenceClassification, TrainingArguments
 
 from autodistill_trainer import DistillationTrainer
+from autodistill_trainer.stage_trainer import StageTrainer
 from autodistill_trainer.auto_mappings import auto_flash_config, uniform_layer_map
 from autodistill_trainer.configs.distillation import (
     FlashDistillationConfig,
@@ -64,13 +65,13 @@ def test_flash_stage_trains_its_block_and_not_layer_ten(tmp_path):
     assert touched, "the stage trained nothing"
     assert all(n.startswith("mobilebert.encoder.layer.1.") for n in touched), touched
     assert not any(n.startswith("mobilebert.encoder.layer.10.") for n in touched)
-    # every parameter trains again after the schedule
+    # each parameter's requires_grad flag is as before the schedule (all trainable here)
     assert all(p.requires_grad for p in student.parameters())
 
 
 def test_each_stage_builds_a_fresh_optimizer_over_exactly_what_it_trains(tmp_path, bert_teacher, mobilebert_student, monkeypatch):
     recorded = []
-    original = DistillationTrainer.create_optimizer
+    original = StageTrainer.create_optimizer
 
     def record(self, model=None):
         optimizer = original(self, model)
@@ -78,7 +79,7 @@ def test_each_stage_builds_a_fresh_optimizer_over_exactly_what_it_trains(tmp_pat
         recorded.append((optimizer, {names[id(p)] for g in optimizer.param_groups for p in g["params"]}))
         return optimizer
 
-    monkeypatch.setattr(DistillationTrainer, "create_optimizer", record)
+    monkeypatch.setattr(StageTrainer, "create_optimizer", record)
     stage_before = snapshot(mobilebert_student)
     results = run_distillation(mobilebert_student, bert_teacher, make_args(tmp_path), RandomTextClassification(16),
                                flash_distillation=flash([0, 1], steps=3))
@@ -98,7 +99,7 @@ def test_each_stage_builds_a_fresh_optimizer_over_exactly_what_it_trains(tmp_pat
 
 def test_soft_freeze_keeps_earlier_blocks_training_at_a_reduced_rate(tmp_path, bert_teacher, mobilebert_student, monkeypatch):
     groups = []
-    original = DistillationTrainer.create_optimizer
+    original = StageTrainer.create_optimizer
 
     def record(self, model=None):
         optimizer = original(self, model)
@@ -106,7 +107,7 @@ def test_soft_freeze_keeps_earlier_blocks_training_at_a_reduced_rate(tmp_path, b
         groups.append([(g["lr"], {names[id(p)].split(".")[3] for p in g["params"] if names[id(p)].startswith("mobilebert")}) for g in optimizer.param_groups])
         return optimizer
 
-    monkeypatch.setattr(DistillationTrainer, "create_optimizer", record)
+    monkeypatch.setattr(StageTrainer, "create_optimizer", record)
     run_distillation(mobilebert_student, bert_teacher, make_args(tmp_path), RandomTextClassification(16),
                      flash_distillation=flash([0, 1], soft_freeze=0.1))
     second = groups[1]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import MobileBertForSequenceClassification, TrainingArguments
 
 from autodistill_trainer import DistillationTrainer, IntermediateLayersKnowledgeDistillationLoss
-from autodistill_trainer.trainer import MATCHERS_ATTRIBUTE
+from autodistill_trainer.stage_trainer import MATCHERS_ATTRIBUTE
 from helpers import RandomTextClassification, mobilebert_block_mappings
 
 
@@ -48,13 +48,12 @@ def test_matchers_receive_optimizer_updates_and_teacher_stays_fixed(tmp_path, be
     )
     matcher = trainer.criterion.feature_matchers["1"]
     before = matcher.weight.detach().clone()
-    optimizer_params = None
     trainer.train()
     optimizer_params = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert id(matcher.weight) in optimizer_params
     assert not torch.allclose(before, matcher.weight)
     assert not bert_teacher.training
-    assert all(not p.requires_grad for p in bert_teacher.parameters())
+    assert all(p.requires_grad for p in bert_teacher.parameters())  # the caller's flags, restored after train()
     for name, value in bert_teacher.state_dict().items():
         assert torch.equal(value, teacher_before[name]), name
     # the matchers are not left on the student after training
@@ -164,3 +163,6 @@ def test_default_criterion_distils_output_logits(tmp_path, bert_teacher, mobileb
     )
     assert trainer.criterion.loss_types == ["KL"] and trainer.criterion.add_origin_loss
     trainer.train()
+    (entry,) = [e for e in trainer.state.log_history if "loss" in e]
+    assert entry["KL:logits"] > 0 and entry["origin_loss"] > 0
+    assert entry["loss"] == pytest.approx(entry["origin_loss"] + entry["KL:logits"], rel=1e-3)
