@@ -186,10 +186,13 @@ class StageTrainer(Trainer):
         The cache is consulted here, on the first training dataloader, so that a trainer that never
         trains (e.g. one that only drives a search) makes no teacher pass.
         """
+        self._maybe_use_teacher_cache()
+        return super().get_train_dataloader()
+
+    def _maybe_use_teacher_cache(self) -> None:
         if self.teacher_cache is not None and not self._teacher_cache_checked:
             self._teacher_cache_checked = True
             self._use_teacher_cache(self.teacher_cache)
-        return super().get_train_dataloader()
 
     def _use_teacher_cache(self, cache: Any) -> None:
         if self.train_dataset is None:
@@ -279,6 +282,11 @@ class StageTrainer(Trainer):
             model.train()
             with self.compute_loss_context_manager():
                 loss = self.compute_loss(model, self._prepare_inputs(self._probe_batch()))
+            if not loss.requires_grad:
+                raise ConfigError(
+                    "the distillation loss reaches none of the trainable parameters: map features of the modules "
+                    "that train (flash_distillation.block_names) or train the modules the mappings read."
+                )
             loss.backward()
         model.train(was_training)
         reached = torch.tensor([float(p.grad is not None) for _, p in trainable], device=self.args.device)
@@ -298,7 +306,7 @@ class StageTrainer(Trainer):
 
     def _probe_batch(self) -> Any:
         """The first training batch, collated as the Trainer does, without a sampler or accelerate's wrapper."""
-        self.get_train_dataloader()  # applies the teacher cache, if any, to the train dataset
+        self._maybe_use_teacher_cache()
         dataset, collator = self.train_dataset, self.data_collator
         if callable(getattr(dataset, "remove_columns", None)) and hasattr(dataset, "column_names"):
             dataset = self._remove_unused_columns(dataset, description="training")

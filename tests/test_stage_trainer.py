@@ -15,10 +15,11 @@ from transformers import (
     TrainingArguments,
 )
 
-from autodistill_trainer import DistillationTrainer
+from autodistill_trainer import ConfigError, DistillationTrainer
 from autodistill_trainer.schedule import run_distillation
 from autodistill_trainer.stage_trainer import NonFiniteParametersError, StageTrainer
-from helpers import VOCAB_SIZE, RandomTextClassification, mobilebert_block_mappings, tiny_bert_config, tiny_mobilebert_config
+from helpers import VOCAB_SIZE, RandomTextClassification, mobilebert_block_mappings, pad_collator, token_dataset
+from helpers import tiny_bert_config, tiny_mobilebert_config
 
 
 def make_args(tmp_path, **overrides) -> TrainingArguments:
@@ -37,7 +38,9 @@ def flash_config(blocks=(0, 1), steps=2):
     }
 
 
-REGULAR = {"layer_mappings_for_knowledge_transfer": [["classifier", "classifier"]], "loss_types": ["KL"], "train_steps": 2}
+REGULAR = {
+    "layer_mappings_for_knowledge_transfer": [["classifier", "classifier"]], "loss_types": ["KL"], "train_steps": 2
+}
 
 
 class EventCounter(TrainerCallback):
@@ -106,7 +109,8 @@ def test_accumulation_of_an_mlm_plus_next_sentence_student_matches_the_larger_ba
 def test_the_logged_origin_loss_of_a_pretraining_student_is_its_own_summed_loss(tmp_path):
     torch.manual_seed(0)
     teacher = BertForPreTraining(tiny_bert_config()).eval()
-    student = MobileBertForPreTraining(tiny_mobilebert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    config = tiny_mobilebert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    student = MobileBertForPreTraining(config)
     batch = RandomPretraining(n=4)[:]
     with torch.no_grad():
         expected = float(student(**batch).loss)
@@ -146,11 +150,13 @@ def test_eval_strategy_is_honoured_in_the_regular_stage_and_its_flash_override_l
     assert len(overrides) == 1 and "flash" in overrides[0].getMessage()
 
 
-def test_eval_strategy_without_an_eval_dataset_is_overridden_with_one_log_line(tmp_path, bert_teacher, mobilebert_student,
-                                                                               caplog):
+def test_eval_strategy_without_an_eval_dataset_is_overridden_with_one_log_line(
+    tmp_path, bert_teacher, mobilebert_student, caplog
+):
     args = make_args(tmp_path, eval_strategy="steps", eval_steps=1)
     with caplog.at_level(logging.INFO, logger="autodistill_trainer"):
-        run_distillation(mobilebert_student, bert_teacher, args, RandomTextClassification(16), regular_distillation=REGULAR)
+        run_distillation(mobilebert_student, bert_teacher, args, RandomTextClassification(16),
+                         regular_distillation=REGULAR)
     overrides = [r for r in caplog.records if "eval_strategy" in r.getMessage()]
     assert len(overrides) == 1 and "no eval_dataset" in overrides[0].getMessage()
 
@@ -158,7 +164,9 @@ def test_eval_strategy_without_an_eval_dataset_is_overridden_with_one_log_line(t
 # ------------------------------------------------------------------------------------------------ defaults, restore
 
 
-def test_no_criterion_and_a_dict_without_add_origin_loss_give_the_same_default(tmp_path, bert_teacher, mobilebert_student):
+def test_no_criterion_and_a_dict_without_add_origin_loss_give_the_same_default(
+    tmp_path, bert_teacher, mobilebert_student
+):
     default = DistillationTrainer(model=mobilebert_student, teacher_model=bert_teacher, args=make_args(tmp_path))
     default.criterion.remove_hooks()
     given = DistillationTrainer(model=mobilebert_student, teacher_model=bert_teacher, args=make_args(tmp_path),
@@ -203,10 +211,17 @@ def test_train_freezes_the_teacher_only_while_it_runs(tmp_path, bert_teacher, mo
 # ------------------------------------------------------------------------------------------------ unreached parameters
 
 
-def test_parameters_the_loss_does_not_reach_are_frozen_for_the_run_and_restored(tmp_path, bert_teacher, mobilebert_student):
+@pytest.mark.parametrize("data", ["torch", "datasets"])
+def test_parameters_the_loss_does_not_reach_are_frozen_for_the_run_and_restored(
+    tmp_path, bert_teacher, mobilebert_student, data
+):
     criterion = {"layer_mappings": mobilebert_block_mappings(0)[:1], "loss_types": ["KL"], "add_origin_loss": False}
+    if data == "torch":
+        dataset = {"train_dataset": RandomTextClassification(16)}
+    else:  # a datasets.Dataset: its unused columns are removed as the Trainer does
+        dataset = {"train_dataset": token_dataset(16).add_column("text", ["x"] * 16), "data_collator": pad_collator}
     trainer = StageTrainer(model=mobilebert_student, teacher_model=bert_teacher, criterion=criterion,
-                           args=make_args(tmp_path), train_dataset=RandomTextClassification(16))
+                           args=make_args(tmp_path), **dataset)
     rng = torch.random.get_rng_state()
     with trainer.unreached_parameters_frozen() as frozen:
         assert torch.equal(rng, torch.random.get_rng_state())  # the probe leaves the random stream as it was
@@ -217,6 +232,17 @@ def test_parameters_the_loss_does_not_reach_are_frozen_for_the_run_and_restored(
         assert mobilebert_student.get_parameter(attention + "query.weight").requires_grad
         assert all(p.grad is None for p in mobilebert_student.parameters())
     assert all(p.requires_grad for p in mobilebert_student.parameters())
+
+
+def test_a_loss_that_reaches_no_trainable_parameter_is_a_config_error(tmp_path, bert_teacher, mobilebert_student):
+    mobilebert_student.mobilebert.encoder.layer[0].requires_grad_(False)
+    mobilebert_student.mobilebert.embeddings.requires_grad_(False)
+    criterion = {"layer_mappings": mobilebert_block_mappings(0)[:1], "loss_types": ["KL"], "add_origin_loss": False}
+    trainer = StageTrainer(model=mobilebert_student, teacher_model=bert_teacher, criterion=criterion,
+                           args=make_args(tmp_path), train_dataset=RandomTextClassification(16))
+    with pytest.raises(ConfigError, match="reaches none of the trainable parameters"):
+        with trainer.unreached_parameters_frozen():
+            pass
 
 
 # ------------------------------------------------------------------------------------------------ non-finite weights

@@ -43,7 +43,8 @@ def block_criterion(student, teacher, add_origin_loss=True):
 def test_matchers_receive_optimizer_updates_and_teacher_stays_fixed(tmp_path, bert_teacher, mobilebert_student):
     teacher_before = copy.deepcopy(bert_teacher.state_dict())
     trainer = DistillationTrainer(
-        model=mobilebert_student, teacher_model=bert_teacher, criterion=block_criterion(mobilebert_student, bert_teacher),
+        model=mobilebert_student, teacher_model=bert_teacher,
+        criterion=block_criterion(mobilebert_student, bert_teacher),
         args=make_args(tmp_path), train_dataset=RandomTextClassification(16),
     )
     matcher = trainer.criterion.feature_matchers["1"]
@@ -62,7 +63,8 @@ def test_matchers_receive_optimizer_updates_and_teacher_stays_fixed(tmp_path, be
 
 def test_each_loss_term_appears_in_the_logs(tmp_path, bert_teacher, mobilebert_student):
     trainer = DistillationTrainer(
-        model=mobilebert_student, teacher_model=bert_teacher, criterion=block_criterion(mobilebert_student, bert_teacher),
+        model=mobilebert_student, teacher_model=bert_teacher,
+        criterion=block_criterion(mobilebert_student, bert_teacher),
         args=make_args(tmp_path, max_steps=2), train_dataset=RandomTextClassification(16),
     )
     trainer.train()
@@ -116,8 +118,10 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, bert_teacher):
 
 def test_save_model_writes_a_plain_student_and_checkpoints_keep_matchers(tmp_path, bert_teacher, mobilebert_student):
     trainer = DistillationTrainer(
-        model=mobilebert_student, teacher_model=bert_teacher, criterion=block_criterion(mobilebert_student, bert_teacher),
-        args=make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2), train_dataset=RandomTextClassification(8),
+        model=mobilebert_student, teacher_model=bert_teacher,
+        criterion=block_criterion(mobilebert_student, bert_teacher),
+        args=make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=RandomTextClassification(8),
     )
     trainer.train()
     checkpoint = load_file(os.path.join(trainer.args.output_dir, "checkpoint-2", "model.safetensors"))
@@ -136,7 +140,8 @@ def test_evaluate_runs_only_the_student(tmp_path, bert_teacher, mobilebert_stude
     calls = []
     bert_teacher.register_forward_hook(lambda *a: calls.append(1))
     trainer = DistillationTrainer(
-        model=mobilebert_student, teacher_model=bert_teacher, criterion=block_criterion(mobilebert_student, bert_teacher),
+        model=mobilebert_student, teacher_model=bert_teacher,
+        criterion=block_criterion(mobilebert_student, bert_teacher),
         args=make_args(tmp_path, per_device_eval_batch_size=4), eval_dataset=RandomTextClassification(8),
     )
     calls.clear()
@@ -146,7 +151,9 @@ def test_evaluate_runs_only_the_student(tmp_path, bert_teacher, mobilebert_stude
 
 
 def test_a_prebuilt_criterion_and_teacher_dtype_are_accepted(tmp_path, bert_teacher, mobilebert_student):
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, [("classifier", "classifier")], ["KL"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, [("classifier", "classifier")], ["KL"]
+    )
     trainer = DistillationTrainer(
         model=mobilebert_student, teacher_model=bert_teacher, criterion=criterion, teacher_dtype="bfloat16",
         args=make_args(tmp_path, max_steps=1), train_dataset=RandomTextClassification(8),
