@@ -26,7 +26,8 @@ from .configs.distillation import FlashDistillationConfig, RegularDistillationCo
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
 from .mappings import LayerMapping
-from .stage_trainer import StageTrainer, requires_grad_restored, teacher_in_dtype
+from .guards import requires_grad_restored, teacher_in_dtype
+from .stage_trainer import StageTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def run_distillation(
     teacher) is restored afterwards. With a `teacher_cache`
     (:class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`), stages whose teacher features are all
     cacheable read them from disk instead of running the teacher. A stage that leaves non-finite weights raises
-    :class:`~autodistill_trainer.stage_trainer.NonFiniteParametersError` and no later stage runs.
+    :class:`~autodistill_trainer.guards.NonFiniteParametersError` and no later stage runs.
     """
     flash, regular = parse_distillation(flash_distillation, regular_distillation)
     if flash is None and regular is None:

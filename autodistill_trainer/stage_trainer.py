@@ -22,6 +22,7 @@ from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, 
 from .accumulation import batch_counts, origin_loss_parts, output_loss, window_scales
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
+from .guards import check_finite_parameters, requires_grad_restored, teacher_in_dtype
 from .teacher_cache import TeacherCacheCollator, teacher_column
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ _CRITERION_KEYS = {
     "layer_mappings", "layer_mappings_for_knowledge_transfer", "loss_types", "loss_weights", "temperature",
     "add_origin_loss", "probe_inputs", "matcher_seed",
 }
-
-
-class NonFiniteParametersError(RuntimeError):
-    """Training left non-finite (inf/NaN) weights; the model must not be exported (a search fails the trial)."""
 
 
 def build_criterion(
@@ -69,27 +66,6 @@ def build_criterion(
     return IntermediateLayersKnowledgeDistillationLoss(student_model=student, teacher_model=teacher, **spec)
 
 
-def teacher_in_dtype(teacher: nn.Module, teacher_dtype: torch.dtype | str | None) -> nn.Module:
-    """The teacher converted to `teacher_dtype` (in place, as ``nn.Module.to`` does); unchanged when None."""
-    if teacher_dtype is None:
-        return teacher
-    dtype = getattr(torch, teacher_dtype, None) if isinstance(teacher_dtype, str) else teacher_dtype
-    if not isinstance(dtype, torch.dtype):
-        raise ConfigError(f"teacher_dtype {teacher_dtype!r} is not a torch dtype (e.g. 'float16', 'bfloat16').")
-    return teacher.to(dtype)
-
-
-@contextlib.contextmanager
-def requires_grad_restored(*modules: nn.Module) -> Iterator[None]:
-    """Context that gives each parameter of `modules` its ``requires_grad`` flag back on exit."""
-    flags = [(p, p.requires_grad) for module in modules for p in module.parameters()]
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-
-
 class StageTrainer(Trainer):
     """A `transformers.Trainer` whose loss distils `teacher_model` into `model` (one distillation run).
 
@@ -109,7 +85,7 @@ class StageTrainer(Trainer):
     loss does not reach (found with one probe backward) are not trained in this run, so that DDP needs no
     unused-parameter search (``ddp_find_unused_parameters`` defaults to False in a copy of `args`; the
     caller's `args` are never changed). After training, non-finite weights raise
-    :class:`NonFiniteParametersError`. Evaluation computes only the student's own loss.
+    :class:`~autodistill_trainer.guards.NonFiniteParametersError`. Evaluation computes only the student's own loss.
 
     Args:
         model: the student.
@@ -249,22 +225,11 @@ class StageTrainer(Trainer):
                     if self.accelerator.num_processes > 1:
                         stack.enter_context(self.unreached_parameters_frozen())
                     output = super().train(*args, **kwargs)
-                self.check_finite_parameters()
+                check_finite_parameters(student)
         finally:
             self.teacher_model.train(teacher_was_training)
             self._detach_matchers()
         return output
-
-    def check_finite_parameters(self) -> None:
-        """Raise :class:`NonFiniteParametersError` naming the student's (and matchers') non-finite weights."""
-        model = self.accelerator.unwrap_model(self.model)
-        bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
-        if bad:
-            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise NonFiniteParametersError(
-                f"training left non-finite (inf/NaN) weights in {shown}; the model is not usable. Lower the "
-                "learning rate, enable gradient clipping (max_grad_norm) or use bf16 instead of fp16."
-            )
 
     @contextlib.contextmanager
     def unreached_parameters_frozen(self) -> Iterator[list[str]]:

@@ -17,7 +17,8 @@ from transformers import (
 
 from autodistill_trainer import ConfigError, DistillationTrainer
 from autodistill_trainer.schedule import run_distillation
-from autodistill_trainer.stage_trainer import NonFiniteParametersError, StageTrainer
+from autodistill_trainer.guards import NonFiniteParametersError
+from autodistill_trainer.stage_trainer import StageTrainer
 from helpers import VOCAB_SIZE, RandomTextClassification, mobilebert_block_mappings, pad_collator, token_dataset
 from helpers import tiny_bert_config, tiny_mobilebert_config
 
