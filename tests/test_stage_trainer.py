@@ -279,3 +279,29 @@ def test_a_stage_whose_weights_become_non_finite_stops_the_schedule(tmp_path, be
                          flash_distillation=flash_config((0, 1), steps=1),
                          callbacks=[PoisonWeight(mobilebert_student, name), counter])
     assert counter.train_begin == 1  # the second stage never ran
+
+
+# ------------------------------------------------------------------------------------------------ layering
+
+
+def _imports(module: str) -> tuple[set[str], list[str]]:
+    """Relative modules imported by `module` at top level, and the names of functions that import inside."""
+    import ast
+    import pathlib
+
+    tree = ast.parse((pathlib.Path(__file__).parent.parent / "autodistill_trainer" / f"{module}.py").read_text())
+    top = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.level == 1}
+    lazy = [
+        func.name for func in ast.walk(tree) if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(func) if isinstance(node, (ast.Import, ast.ImportFrom))
+    ]
+    return top, lazy
+
+
+def test_training_modules_import_downwards_only_and_at_top_level():
+    stage_top, stage_lazy = _imports("stage_trainer")
+    schedule_top, schedule_lazy = _imports("schedule")
+    assert not {"schedule", "trainer"} & stage_top and stage_lazy == []
+    assert "stage_trainer" in schedule_top and "trainer" not in schedule_top and schedule_lazy == []
+    trainer_top, _ = _imports("trainer")
+    assert {"schedule", "stage_trainer"} <= trainer_top
