@@ -1,6 +1,6 @@
 """Run flash distillation (block by block) then regular distillation as a schedule of Trainer stages.
 
-Each stage is a fresh :class:`~autodistill_trainer.DistillationTrainer` over the same student and
+Each stage is a fresh :class:`~autodistill_trainer.stage_trainer.StageTrainer` over the same student and
 teacher, with its own criterion, its own optimizer and LR scheduler (built by the Trainer over exactly
 the parameters the stage trains: its block and its feature matchers), and ``max_steps`` set to the
 stage's steps. Under ``accelerate launch`` every process runs the same stages in the same order, so
@@ -15,19 +15,19 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
-from transformers import TrainingArguments
+from transformers import IntervalStrategy, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from .auto_mappings import auto_flash_config
-from .configs.distillation import (
-    FlashDistillationConfig,
-    parse_distillation,
-    parse_flash_distillation,
-)
+from .configs.distillation import FlashDistillationConfig, RegularDistillationConfig, parse_distillation
+from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
+from .mappings import LayerMapping
+from .guards import requires_grad_restored, teacher_in_dtype
+from .stage_trainer import StageTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def set_trainable(model: nn.Module, prefixes: list[str] | None) -> int:
         for prefix in prefixes:
             if prefix not in modules:
                 raise ConfigError(
-                    f"flash_distillation.block_names: the student has no module {prefix!r}.{did_you_mean(prefix, modules)}"
+                    f"flash_distillation.block_names: the student has no module {prefix!r}."
+                    f"{did_you_mean(prefix, modules)}"
                 )
     trainable = 0
     for name, parameter in model.named_parameters():
@@ -105,121 +106,129 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[-60:]
 
 
+@dataclass
+class Stage:
+    """One stage of the schedule: what trains, on which criterion, for how long."""
+
+    kind: str  # "flash" or "regular"
+    name: str
+    trainable: list[str] | None  # module prefixes; None: the whole student
+    lr_scales: dict[str, float]
+    layer_mappings: list[LayerMapping]
+    loss_types: list[str]
+    loss_weights: list[float] | None
+    add_origin_loss: bool
+    temperature: float
+    steps: int
+    learning_rate: float | None
+
+
+def plan_stages(
+    flash: FlashDistillationConfig | None,
+    regular: RegularDistillationConfig | None,
+    student: nn.Module,
+    teacher: nn.Module,
+) -> list[Stage]:
+    """The stages of typed configs for these models (``auto`` resolved against them)."""
+    stages: list[Stage] = []
+    if flash is not None:
+        flash = resolve_flash_config(flash, student, teacher)
+        for stage in flash.stages():
+            lr_scales: dict[str, float] = {}
+            if flash.soft_freeze:
+                for earlier in stages:
+                    lr_scales.update({p: float(flash.soft_freeze) for p in earlier.trainable or ()})
+            stages.append(Stage(
+                "flash", stage.name, list(stage.block_prefixes), lr_scales, stage.layer_mappings, stage.loss_types,
+                stage.loss_weights, stage.add_origin_loss, flash.temperature, stage.train_steps, flash.learning_rate,
+            ))
+    if regular is not None:
+        regular = regular.validated()
+        stages.append(Stage(
+            "regular", "whole student", None, {}, regular.mappings(), regular.loss_types, regular.loss_weights,
+            regular.add_origin_loss, regular.temperature, regular.train_steps, regular.learning_rate,
+        ))
+    return stages
+
+
 def run_distillation(
     student: nn.Module,
     teacher: nn.Module,
     args: TrainingArguments,
     train_dataset: Any,
-    flash_distillation: Any = None,
-    regular_distillation: Any = None,
+    flash_distillation: Mapping[str, Any] | FlashDistillationConfig | None = None,
+    regular_distillation: Mapping[str, Any] | RegularDistillationConfig | None = None,
     data_collator: Callable | None = None,
     processing_class: Any = None,
     callbacks: list | None = None,
     teacher_dtype: Any = None,
     teacher_cache: Any = None,
+    eval_dataset: Any = None,
+    compute_metrics: Callable | None = None,
+    preprocess_logits_for_metrics: Callable | None = None,
 ) -> list[StageResult]:
     """Run the flash stages (one per block, in order), then the regular stage; return per-stage results.
 
     Either phase may be omitted. Configs are accepted in every form of
-    :mod:`autodistill_trainer.distillation_config`. Stage ``i`` writes under
-    ``args.output_dir/stage-XX-<kind>-<block>``. All parameters of the student train again afterwards.
-    With a `teacher_cache` (:class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`), stages whose
-    teacher features are all cacheable read them from disk instead of running the teacher.
+    :func:`~autodistill_trainer.configs.parse_distillation` (parsed here, once). Stage ``i`` writes under
+    ``args.output_dir/stage-XX-<kind>-<block>``. `callbacks` reach every stage's Trainer. With an `eval_dataset`,
+    the regular stage evaluates as ``args.eval_strategy`` says (flash stages never evaluate); otherwise stages
+    do not evaluate; either override is logged once. Each parameter's ``requires_grad`` flag (student and
+    teacher) is restored afterwards. With a `teacher_cache`
+    (:class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`), stages whose teacher features are all
+    cacheable read them from disk instead of running the teacher. A stage that leaves non-finite weights raises
+    :class:`~autodistill_trainer.guards.NonFiniteParametersError` and no later stage runs.
     """
     flash, regular = parse_distillation(flash_distillation, regular_distillation)
     if flash is None and regular is None:
         raise ConfigError("distill: give flash_distillation, regular_distillation or both.")
-    stages: list[tuple[str, dict[str, Any]]] = []
-    if flash is not None:
-        flash = resolve_flash_config(flash, student, teacher)
-        for stage in flash.stages():
-            lr_scales = {}
-            if flash.soft_freeze:
-                for earlier in stages:
-                    lr_scales.update({p: float(flash.soft_freeze) for p in earlier[1]["trainable"]})
-            stages.append((
-                "flash",
-                {
-                    "name": stage.name,
-                    "trainable": stage.block_prefixes,
-                    "lr_scales": lr_scales,
-                    "criterion": {
-                        "layer_mappings": stage.layer_mappings,
-                        "loss_types": stage.loss_types,
-                        "loss_weights": stage.loss_weights,
-                        "add_origin_loss": stage.add_origin_loss,
-                        "temperature": flash.temperature,
-                    },
-                    "steps": stage.train_steps,
-                    "learning_rate": flash.learning_rate,
-                },
-            ))
-    if regular is not None:
-        regular = regular.validated()
-        stages.append((
-            "regular",
-            {
-                "name": "whole student",
-                "trainable": None,
-                "lr_scales": {},
-                "criterion": {
-                    "layer_mappings": regular.mappings(),
-                    "loss_types": regular.loss_types,
-                    "loss_weights": regular.loss_weights,
-                    "add_origin_loss": regular.add_origin_loss,
-                    "temperature": regular.temperature,
-                },
-                "steps": regular.train_steps,
-                "learning_rate": regular.learning_rate,
-            },
-        ))
-
+    teacher = teacher_in_dtype(teacher, teacher_dtype)
+    stages = plan_stages(flash, regular, student, teacher)
+    evaluates = args.eval_strategy != IntervalStrategy.NO
+    if evaluates and eval_dataset is None:
+        logger.info("eval_strategy=%r is not applied in distillation stages: no eval_dataset was given.",
+                    str(args.eval_strategy.value))
+    elif evaluates and any(stage.kind == "flash" for stage in stages):
+        logger.info("eval_strategy=%r applies to the regular stage only: flash stages do not evaluate.",
+                    str(args.eval_strategy.value))
+    evaluation = {"eval_dataset": eval_dataset, "compute_metrics": compute_metrics,
+                  "preprocess_logits_for_metrics": preprocess_logits_for_metrics}
     results: list[StageResult] = []
-    total = len(stages)
-    try:
-        for index, (kind, spec) in enumerate(stages):
-            results.append(
-                _run_stage(
-                    student, teacher, args, train_dataset, kind, spec, index, total,
-                    data_collator, processing_class, callbacks, teacher_dtype, teacher_cache,
-                )
-            )
-    finally:
-        set_trainable(student, None)
+    with requires_grad_restored(student, teacher):
+        for index, stage in enumerate(stages):
+            stage_evaluates = evaluates and eval_dataset is not None and stage.kind == "regular"
+            results.append(_run_stage(
+                student, teacher, args, train_dataset, stage, index, len(stages),
+                data_collator=data_collator, processing_class=processing_class, callbacks=list(callbacks or []),
+                teacher_cache=teacher_cache, **(evaluation if stage_evaluates else {}),
+            ))
     return results
 
 
 def _run_stage(
-    student, teacher, args, train_dataset, kind, spec, index, total,
-    data_collator, processing_class, callbacks, teacher_dtype, teacher_cache,
+    student: nn.Module, teacher: nn.Module, args: TrainingArguments, train_dataset: Any, stage: Stage, index: int,
+    total: int, **trainer_kwargs: Any,
 ) -> StageResult:
-    label = f"{kind} {index + 1}/{total} {spec['name']}"
-    trainable = set_trainable(student, spec["trainable"] if spec["trainable"] is None else list(spec["trainable"]) + list(spec["lr_scales"]))
+    label = f"{stage.kind} {index + 1}/{total} {stage.name}"
+    trainable = set_trainable(student, None if stage.trainable is None else stage.trainable + list(stage.lr_scales))
+    overrides: dict[str, Any] = {}
+    if trainer_kwargs.get("eval_dataset") is None:
+        overrides = {"eval_strategy": IntervalStrategy.NO, "load_best_model_at_end": False}
     stage_args = dataclasses.replace(
         args,
-        max_steps=spec["steps"],
-        learning_rate=spec["learning_rate"] if spec["learning_rate"] is not None else args.learning_rate,
-        output_dir=os.path.join(args.output_dir, f"stage-{index:02d}-{kind}-{_slug(spec['name'])}"),
-        eval_strategy="no",
-        load_best_model_at_end=False,
+        max_steps=stage.steps,
+        learning_rate=stage.learning_rate if stage.learning_rate is not None else args.learning_rate,
+        output_dir=os.path.join(args.output_dir, f"stage-{index:02d}-{stage.kind}-{_slug(stage.name)}"),
+        **overrides,
     )
-    from .trainer import DistillationTrainer  # the trainer module imports this one
-
-    logger.info("Distillation stage %d/%d (%s): %s, %d steps", index + 1, total, kind, spec["name"], spec["steps"])
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
-        criterion=spec["criterion"],
-        args=stage_args,
-        train_dataset=train_dataset,
-        data_collator=data_collator,
-        processing_class=processing_class,
-        callbacks=list(callbacks or []),
-        teacher_dtype=teacher_dtype,
-        learning_rate_scales=spec["lr_scales"],
-        teacher_cache=teacher_cache,
+    logger.info("Distillation stage %d/%d (%s): %s, %d steps", index + 1, total, stage.kind, stage.name, stage.steps)
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        student, teacher, stage.layer_mappings, loss_types=stage.loss_types, loss_weights=stage.loss_weights,
+        temperature=stage.temperature, add_origin_loss=stage.add_origin_loss,
     )
-    matcher_elements = sum(p.numel() for p in trainer.criterion.feature_matchers.parameters())
+    trainer = StageTrainer(model=student, teacher_model=teacher, criterion=criterion, args=stage_args,
+                           train_dataset=train_dataset, learning_rate_scales=stage.lr_scales, **trainer_kwargs)
+    matcher_elements = sum(p.numel() for p in criterion.feature_matchers.parameters())
     if not stage_args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(StageProgressCallback(label))
@@ -227,11 +236,11 @@ def _run_stage(
     try:
         output = trainer.train()
     finally:
-        trainer.criterion.remove_hooks()
+        criterion.remove_hooks()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    terms = {k: v for k, v in (logs[-1] if logs else {}).items() if k not in ("loss", "grad_norm", "learning_rate", "epoch", "step")}
+    terms = {k: v for k, v in (logs[-1] if logs else {}).items() if k not in _LOG_BOOKKEEPING}
     result = StageResult(
-        name=spec["name"], kind=kind, index=index, total=total, train_steps=output.global_step,
+        name=stage.name, kind=stage.kind, index=index, total=total, train_steps=output.global_step,
         train_loss=float(output.training_loss), loss_terms=terms, runtime_s=time.perf_counter() - start,
         trainable_parameters=trainable + matcher_elements,
     )
@@ -239,10 +248,14 @@ def _run_stage(
     return result
 
 
+#: Entries of a training log that are not loss terms.
+_LOG_BOOKKEEPING = ("loss", "grad_norm", "learning_rate", "epoch", "step")
+
 __all__ = [
+    "Stage",
     "StageResult",
     "matches_prefix",
-    "parse_flash_distillation",
+    "plan_stages",
     "resolve_flash_config",
     "run_distillation",
     "set_trainable",

@@ -8,9 +8,15 @@ import os
 import pytest
 import torch
 import yaml
-from transformers import BertConfig, BertForSequenceClassification, MobileBertForSequenceClassification, TrainingArguments
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    MobileBertForSequenceClassification,
+    TrainingArguments,
+)
 
 from autodistill_trainer import DistillationTrainer
+from autodistill_trainer.stage_trainer import StageTrainer
 from autodistill_trainer.auto_mappings import auto_flash_config, uniform_layer_map
 from autodistill_trainer.configs.distillation import (
     FlashDistillationConfig,
@@ -64,13 +70,15 @@ def test_flash_stage_trains_its_block_and_not_layer_ten(tmp_path):
     assert touched, "the stage trained nothing"
     assert all(n.startswith("mobilebert.encoder.layer.1.") for n in touched), touched
     assert not any(n.startswith("mobilebert.encoder.layer.10.") for n in touched)
-    # every parameter trains again after the schedule
+    # each parameter's requires_grad flag is as before the schedule (all trainable here)
     assert all(p.requires_grad for p in student.parameters())
 
 
-def test_each_stage_builds_a_fresh_optimizer_over_exactly_what_it_trains(tmp_path, bert_teacher, mobilebert_student, monkeypatch):
+def test_each_stage_builds_a_fresh_optimizer_over_exactly_what_it_trains(
+    tmp_path, bert_teacher, mobilebert_student, monkeypatch
+):
     recorded = []
-    original = DistillationTrainer.create_optimizer
+    original = StageTrainer.create_optimizer
 
     def record(self, model=None):
         optimizer = original(self, model)
@@ -78,7 +86,7 @@ def test_each_stage_builds_a_fresh_optimizer_over_exactly_what_it_trains(tmp_pat
         recorded.append((optimizer, {names[id(p)] for g in optimizer.param_groups for p in g["params"]}))
         return optimizer
 
-    monkeypatch.setattr(DistillationTrainer, "create_optimizer", record)
+    monkeypatch.setattr(StageTrainer, "create_optimizer", record)
     stage_before = snapshot(mobilebert_student)
     results = run_distillation(mobilebert_student, bert_teacher, make_args(tmp_path), RandomTextClassification(16),
                                flash_distillation=flash([0, 1], steps=3))
@@ -96,17 +104,22 @@ def test_each_stage_builds_a_fresh_optimizer_over_exactly_what_it_trains(tmp_pat
     assert all(n.startswith("mobilebert.encoder.layer.") for n in touched)
 
 
-def test_soft_freeze_keeps_earlier_blocks_training_at_a_reduced_rate(tmp_path, bert_teacher, mobilebert_student, monkeypatch):
+def test_soft_freeze_keeps_earlier_blocks_training_at_a_reduced_rate(
+    tmp_path, bert_teacher, mobilebert_student, monkeypatch
+):
     groups = []
-    original = DistillationTrainer.create_optimizer
+    original = StageTrainer.create_optimizer
 
     def record(self, model=None):
         optimizer = original(self, model)
         names = {id(p): n for n, p in self.model.named_parameters()}
-        groups.append([(g["lr"], {names[id(p)].split(".")[3] for p in g["params"] if names[id(p)].startswith("mobilebert")}) for g in optimizer.param_groups])
+        groups.append([
+            (g["lr"], {names[id(p)].split(".")[3] for p in g["params"] if names[id(p)].startswith("mobilebert")})
+            for g in optimizer.param_groups
+        ])
         return optimizer
 
-    monkeypatch.setattr(DistillationTrainer, "create_optimizer", record)
+    monkeypatch.setattr(StageTrainer, "create_optimizer", record)
     run_distillation(mobilebert_student, bert_teacher, make_args(tmp_path), RandomTextClassification(16),
                      flash_distillation=flash([0, 1], soft_freeze=0.1))
     second = groups[1]
@@ -149,7 +162,8 @@ def design_trainer_usage_config():
             "block_names": ["mobilebert.encoder.layer.{}".format(i) for i in range(24)],
             "layer_mappings_for_knowledge_transfer": [
                 [
-                    ("mobilebert.encoder.layer.{}.attention.self".format(i), "1", "bert.encoder.layer.{}.attention.self".format(i), "1"),
+                    ("mobilebert.encoder.layer.{}.attention.self".format(i), "1",
+                     "bert.encoder.layer.{}.attention.self".format(i), "1"),
                     ("mobilebert.encoder.layer.{}.output".format(i), "bert.encoder.layer.{}.output".format(i)),
                 ]
                 for i in range(24)
@@ -226,7 +240,9 @@ def test_typed_configs_are_accepted(tmp_path, bert_teacher, mobilebert_student):
         flash_distillation=FlashDistillationConfig(train_steps=1),
         regular_distillation=RegularDistillationConfig(train_steps=1),
     )
-    assert [r.name for r in results] == ["mobilebert.embeddings+mobilebert.encoder.layer.0", "mobilebert.encoder.layer.1", "whole student"]
+    assert [r.name for r in results] == [
+        "mobilebert.embeddings+mobilebert.encoder.layer.0", "mobilebert.encoder.layer.1", "whole student"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -253,7 +269,8 @@ def test_unknown_block_is_reported_with_close_names(tmp_path, bert_teacher, mobi
     config = flash([0])
     config["block_names"] = ["mobilebert.encoder.layers.0"]
     with pytest.raises(ConfigError, match="no module 'mobilebert.encoder.layers.0'. Did you mean"):
-        run_distillation(mobilebert_student, bert_teacher, make_args(tmp_path), RandomTextClassification(8), flash_distillation=config)
+        run_distillation(mobilebert_student, bert_teacher, make_args(tmp_path), RandomTextClassification(8),
+                         flash_distillation=config)
 
 
 def test_uniform_layer_map_spreads_student_layers_over_the_teacher():
@@ -264,7 +281,8 @@ def test_uniform_layer_map_spreads_student_layers_over_the_teacher():
 
 def test_auto_mappings_for_24_to_24_and_4_to_12_layers():
     def bert(layers):
-        return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=8))
+        return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=layers,
+                                                        num_attention_heads=2, intermediate_size=8))
 
     student = MobileBertForSequenceClassification(tiny_mobilebert_config(num_hidden_layers=24))
     auto = auto_flash_config(student, bert(24), train_steps=500)
@@ -275,7 +293,8 @@ def test_auto_mappings_for_24_to_24_and_4_to_12_layers():
         ("mobilebert.encoder.layer.23.output", "bert.encoder.layer.23.output"),
     ]
     assert auto["loss_types"][0] == ["KL", "MSE"]
-    small = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=4, num_attention_heads=2, intermediate_size=8))
+    small = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=4,
+                                                     num_attention_heads=2, intermediate_size=8))
     auto = auto_flash_config(small, bert(12))
     teacher_layers = [m[1][1] for m in auto["layer_mappings_for_knowledge_transfer"]]
     assert teacher_layers == [f"bert.encoder.layer.{t}.output" for t in (2, 5, 8, 11)]

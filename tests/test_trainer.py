@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import MobileBertForSequenceClassification, TrainingArguments
 
 from autodistill_trainer import DistillationTrainer, IntermediateLayersKnowledgeDistillationLoss
-from autodistill_trainer.trainer import MATCHERS_ATTRIBUTE
+from autodistill_trainer.stage_trainer import MATCHERS_ATTRIBUTE
 from helpers import RandomTextClassification, mobilebert_block_mappings
 
 
@@ -43,18 +43,18 @@ def block_criterion(student, teacher, add_origin_loss=True):
 def test_matchers_receive_optimizer_updates_and_teacher_stays_fixed(tmp_path, bert_teacher, mobilebert_student):
     teacher_before = copy.deepcopy(bert_teacher.state_dict())
     trainer = DistillationTrainer(
-        model=mobilebert_student, teacher_model=bert_teacher, criterion=block_criterion(mobilebert_student, bert_teacher),
+        model=mobilebert_student, teacher_model=bert_teacher,
+        criterion=block_criterion(mobilebert_student, bert_teacher),
         args=make_args(tmp_path), train_dataset=RandomTextClassification(16),
     )
     matcher = trainer.criterion.feature_matchers["1"]
     before = matcher.weight.detach().clone()
-    optimizer_params = None
     trainer.train()
     optimizer_params = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert id(matcher.weight) in optimizer_params
     assert not torch.allclose(before, matcher.weight)
     assert not bert_teacher.training
-    assert all(not p.requires_grad for p in bert_teacher.parameters())
+    assert all(p.requires_grad for p in bert_teacher.parameters())  # the caller's flags, restored after train()
     for name, value in bert_teacher.state_dict().items():
         assert torch.equal(value, teacher_before[name]), name
     # the matchers are not left on the student after training
@@ -63,7 +63,8 @@ def test_matchers_receive_optimizer_updates_and_teacher_stays_fixed(tmp_path, be
 
 def test_each_loss_term_appears_in_the_logs(tmp_path, bert_teacher, mobilebert_student):
     trainer = DistillationTrainer(
-        model=mobilebert_student, teacher_model=bert_teacher, criterion=block_criterion(mobilebert_student, bert_teacher),
+        model=mobilebert_student, teacher_model=bert_teacher,
+        criterion=block_criterion(mobilebert_student, bert_teacher),
         args=make_args(tmp_path, max_steps=2), train_dataset=RandomTextClassification(16),
     )
     trainer.train()
@@ -117,8 +118,10 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, bert_teacher):
 
 def test_save_model_writes_a_plain_student_and_checkpoints_keep_matchers(tmp_path, bert_teacher, mobilebert_student):
     trainer = DistillationTrainer(
-        model=mobilebert_student, teacher_model=bert_teacher, criterion=block_criterion(mobilebert_student, bert_teacher),
-        args=make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2), train_dataset=RandomTextClassification(8),
+        model=mobilebert_student, teacher_model=bert_teacher,
+        criterion=block_criterion(mobilebert_student, bert_teacher),
+        args=make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=RandomTextClassification(8),
     )
     trainer.train()
     checkpoint = load_file(os.path.join(trainer.args.output_dir, "checkpoint-2", "model.safetensors"))
@@ -137,7 +140,8 @@ def test_evaluate_runs_only_the_student(tmp_path, bert_teacher, mobilebert_stude
     calls = []
     bert_teacher.register_forward_hook(lambda *a: calls.append(1))
     trainer = DistillationTrainer(
-        model=mobilebert_student, teacher_model=bert_teacher, criterion=block_criterion(mobilebert_student, bert_teacher),
+        model=mobilebert_student, teacher_model=bert_teacher,
+        criterion=block_criterion(mobilebert_student, bert_teacher),
         args=make_args(tmp_path, per_device_eval_batch_size=4), eval_dataset=RandomTextClassification(8),
     )
     calls.clear()
@@ -147,7 +151,9 @@ def test_evaluate_runs_only_the_student(tmp_path, bert_teacher, mobilebert_stude
 
 
 def test_a_prebuilt_criterion_and_teacher_dtype_are_accepted(tmp_path, bert_teacher, mobilebert_student):
-    criterion = IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, [("classifier", "classifier")], ["KL"])
+    criterion = IntermediateLayersKnowledgeDistillationLoss(
+        mobilebert_student, bert_teacher, [("classifier", "classifier")], ["KL"]
+    )
     trainer = DistillationTrainer(
         model=mobilebert_student, teacher_model=bert_teacher, criterion=criterion, teacher_dtype="bfloat16",
         args=make_args(tmp_path, max_steps=1), train_dataset=RandomTextClassification(8),
@@ -164,3 +170,6 @@ def test_default_criterion_distils_output_logits(tmp_path, bert_teacher, mobileb
     )
     assert trainer.criterion.loss_types == ["KL"] and trainer.criterion.add_origin_loss
     trainer.train()
+    (entry,) = [e for e in trainer.state.log_history if "loss" in e]
+    assert entry["KL:logits"] > 0 and entry["origin_loss"] > 0
+    assert entry["loss"] == pytest.approx(entry["origin_loss"] + entry["KL:logits"], rel=1e-3)
