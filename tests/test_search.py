@@ -207,17 +207,6 @@ def test_invalid_archs_not_trained_not_counted(tmp_path):
     assert all(t.user_attrs.get("invalid_reason") for t in agent.study.get_trials() if t.user_attrs.get("status") == "invalid")
 
 
-def test_profiling_failure_is_invalid(tmp_path):
-    def profile(model):
-        if model.arch["a"] == 1:
-            raise RuntimeError("heads do not divide the width")
-        return fake_profile(model)
-
-    agent, rec = agent_for(tmp_path, profile=profile, max_trials=9)
-    agent.search_loop()
-    assert len(rec.trained) == 6 and all(dict(t)["a"] != 1 for t in rec.trained)
-
-
 def test_budgets_skip_training(tmp_path):
     agent, rec = agent_for(tmp_path, max_trials=9, max_params=25)  # params = 10a + b: a=3 is over
     agent.search_loop()
