@@ -11,6 +11,7 @@ import torch.distributed as dist  # noqa: E402
 from transformers import BertForSequenceClassification, MobileBertForSequenceClassification, TrainingArguments  # noqa: E402
 
 from autodistill_trainer import DistillationTrainer  # noqa: E402
+from autodistill_trainer.builders import build_model  # noqa: E402
 from helpers import tiny_bert_config, tiny_mobilebert_config  # noqa: E402
 from helpers import RandomTextClassification  # noqa: E402
 
@@ -36,20 +37,18 @@ def main(out_dir: str) -> None:
     }
     archs, models = [], []
 
-    builtin = trainer.model_builder_builtin
-
-    def recording_builder(arch, model_cls=None):  # the built-in builder, keeping each model to compare after
-        model = builtin(arch, model_cls)
+    def recording_builder(arch):  # the built-in builder's model, kept to compare weights across ranks after
+        model = build_model(MobileBertForSequenceClassification, student.config, arch, attn_implementation="eager")
         archs.append(model.config.hidden_size)
         models.append(model)
         return model
 
-    trainer.model_builder_builtin = recording_builder
-
     def profile(model):
-        return {"params": sum(p.numel() for p in model.parameters()), "flops": 1, "latency": model.config.hidden_size / 10}
+        return {"params": sum(p.numel() for p in model.parameters()), "flops": 1,
+                "latency": model.config.hidden_size / 10}
 
-    best = [trainer.autodistillation(teacher, model_cls=MobileBertForSequenceClassification, profile_func=profile)]
+    result = trainer.autodistillation(teacher, model_builder=recording_builder, profile_func=profile)
+    best = [result.best_model_arch]
     dist.broadcast_object_list(best, src=0)
     # every trained student is identical on both ranks (trained together under DDP)
     state = torch.cat([p.detach().flatten() for m in models for p in m.parameters()])
