@@ -31,6 +31,7 @@ __all__ = [
     "dummy_inputs",
 ]
 
+
 class ProfilingUnsupportedError(ValueError):
     """The model cannot be profiled by this module (not an ``nn.Module``, or no dummy batch can be built for
     it): a limit of the profiler, not a fault of the model. Pass ``inputs=`` or your own profile function."""
@@ -271,7 +272,13 @@ def measure_latency(
     )
     logger.debug(
         "latency %s: median %.3f ms (cv %.3f, %d x %d loops, %d threads, %s timer)",
-        type(model).__name__, result.median_ms, result.cv, repeats, inner_loops, used_threads, timer,
+        type(model).__name__,
+        result.median_ms,
+        result.cv,
+        repeats,
+        inner_loops,
+        used_threads,
+        timer,
     )
     return result
 

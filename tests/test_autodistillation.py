@@ -9,33 +9,70 @@ import pytest
 from transformers import MobileBertForSequenceClassification, TrainingArguments
 
 from autodistill_trainer import (
-    AutoDistillation, AutoDistillationResult, ConfigError, DistillationTrainer, InvalidArchitectureError,
+    AutoDistillation,
+    AutoDistillationResult,
+    ConfigError,
+    DistillationTrainer,
+    InvalidArchitectureError,
 )
 from autodistill_trainer.search.oob import OOBContext, run_autodistillation
 from helpers import tiny_mobilebert_config
 from helpers import RandomTextClassification
 from launch import accelerate_launch_two_cpu_processes
 
-SPACE = {"hidden_size": [16, 24], "intra_bottleneck_size": [8], "num_attention_heads": [2, 3],
-         "intermediate_size": [32], "num_feedforward_networks": [1]}
+SPACE = {
+    "hidden_size": [16, 24],
+    "intra_bottleneck_size": [8],
+    "num_attention_heads": [2, 3],
+    "intermediate_size": [32],
+    "num_feedforward_networks": [1],
+}
 
 
 def make_trainer(tmp_path, student, teacher):
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-2,
-                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=RandomTextClassification(16),
-                               eval_dataset=RandomTextClassification(8, seed=1),
-                               compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())})
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=RandomTextClassification(16),
+        eval_dataset=RandomTextClassification(8, seed=1),
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+    )
 
 
 def oob_config(max_trials=2):
     return {
-        "search": {"search_space": SPACE, "search_algorithm": "grid", "metrics": ["accuracy", "latency"],
-                   "higher_is_better": [True, False], "max_trials": max_trials, "seed": 1},
-        "flash_distillation": {"knowledge_transfer": {"block_names": "auto", "layer_mappings_for_knowledge_transfer": "auto",
-                                                      "train_steps": 2}},
-        "regular_distillation": {"layer_mappings_for_knowledge_transfer": [[("classifier", "classifier")]],
-                                 "loss_types": [["KL"]], "add_origin_loss": [True], "train_steps": [2]},
+        "search": {
+            "search_space": SPACE,
+            "search_algorithm": "grid",
+            "metrics": ["accuracy", "latency"],
+            "higher_is_better": [True, False],
+            "max_trials": max_trials,
+            "seed": 1,
+        },
+        "flash_distillation": {
+            "knowledge_transfer": {
+                "block_names": "auto",
+                "layer_mappings_for_knowledge_transfer": "auto",
+                "train_steps": 2,
+            }
+        },
+        "regular_distillation": {
+            "layer_mappings_for_knowledge_transfer": [[("classifier", "classifier")]],
+            "loss_types": [["KL"]],
+            "add_origin_loss": [True],
+            "train_steps": [2],
+        },
     }
 
 
@@ -46,8 +83,9 @@ def fake_profile(model):
 def test_oob_mode_builds_distils_and_evaluates_every_valid_arch(tmp_path, bert_teacher, mobilebert_student):
     trainer = make_trainer(tmp_path, mobilebert_student, bert_teacher)
     trainer.autodistillation_config = oob_config()
-    result = trainer.autodistillation(bert_teacher, model_cls=MobileBertForSequenceClassification,
-                                      profile_func=fake_profile)
+    result = trainer.autodistillation(
+        bert_teacher, model_cls=MobileBertForSequenceClassification, profile_func=fake_profile
+    )
     assert isinstance(result, AutoDistillationResult)
     agent = trainer.autodistillation_agent
     assert result.rows == agent.search_result and result.n_trained == 2
@@ -67,17 +105,29 @@ def test_oob_mode_builds_distils_and_evaluates_every_valid_arch(tmp_path, bert_t
 
 
 def test_oob_search_runs_from_a_context_without_a_trainer(tmp_path, bert_teacher, mobilebert_student):
-    args = TrainingArguments(output_dir=str(tmp_path / "ctx"), per_device_train_batch_size=4, report_to=[],
-                             save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    context = OOBContext(args=args, train_dataset=RandomTextClassification(8),
-                         eval_dataset=RandomTextClassification(4, seed=1), student_config=mobilebert_student.config,
-                         student_cls=MobileBertForSequenceClassification)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "ctx"),
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    context = OOBContext(
+        args=args,
+        train_dataset=RandomTextClassification(8),
+        eval_dataset=RandomTextClassification(4, seed=1),
+        student_config=mobilebert_student.config,
+        student_cls=MobileBertForSequenceClassification,
+    )
     config = oob_config(max_trials=1)
     config["search"].update(metrics=["loss"], higher_is_better=[False])  # evaluate() reports it without compute_metrics
     agent, result = run_autodistillation(context, bert_teacher, config, profile_func=fake_profile)
     assert isinstance(agent, AutoDistillation) and result.n_trained == 1
-    assert result.best_model_dir == os.path.join(args.output_dir, "trials",
-                                                 "_".join(f"{k}-{result.best_model_arch[k]}" for k in SPACE), "model")
+    assert result.best_model_dir == os.path.join(
+        args.output_dir, "trials", "_".join(f"{k}-{result.best_model_arch[k]}" for k in SPACE), "model"
+    )
     assert os.path.isfile(os.path.join(result.best_model_dir, "config.json"))
     assert result.best_row["metrics"]["loss"] > 0
 
@@ -111,8 +161,9 @@ def test_advanced_mode_uses_the_user_builder_train_and_eval_functions(tmp_path, 
         calls["eval"] += 1
         return {"accuracy": 0.9 if model.config.hidden_size == 16 else 0.5}
 
-    result = trainer.autodistillation(bert_teacher, model_builder, train_func=train_func, eval_func=eval_func,
-                                      profile_func=fake_profile)
+    result = trainer.autodistillation(
+        bert_teacher, model_builder, train_func=train_func, eval_func=eval_func, profile_func=fake_profile
+    )
     assert calls["train"] == calls["eval"] == 2 and len(calls["build"]) >= 3
     assert result.best_model_arch == {**{k: v[0] for k, v in SPACE.items()}, "num_attention_heads": 2}
     assert [r["arch"]["hidden_size"] for r in result.pareto_front] == [16]

@@ -46,8 +46,14 @@ def test_a_failing_profile_func_falls_back_to_the_parameter_count_and_still_trai
 
 def test_default_profiler_on_a_module_without_vocab_size_trains_it_with_its_parameter_count(tmp_path, caplog):
     rec = Recorder()
-    agent = AutoDistillation(Toy, accuracy_only(search_space={"a": [1, 2], "b": [1]}, max_trials=2), rec.train,
-                             rec.eval, None, output_dir=str(tmp_path))
+    agent = AutoDistillation(
+        Toy,
+        accuracy_only(search_space={"a": [1, 2], "b": [1]}, max_trials=2),
+        rec.train,
+        rec.eval,
+        None,
+        output_dir=str(tmp_path),
+    )
     with caplog.at_level(logging.INFO):
         best = agent.search_loop()
     assert len(rec.trained) == 2 and best == {"a": 2, "b": 1}
@@ -88,8 +94,14 @@ class TokenModel(torch.nn.Module):
 
 def test_a_forward_that_fails_on_the_default_profilers_batch_marks_the_arch_invalid(tmp_path):
     rec = Recorder()
-    agent = AutoDistillation(TokenModel, cfg(search_space={"a": [1, 2], "b": [1]}, max_trials=2), rec.train,
-                             rec.eval, None, output_dir=str(tmp_path))
+    agent = AutoDistillation(
+        TokenModel,
+        cfg(search_space={"a": [1, 2], "b": [1]}, max_trials=2),
+        rec.train,
+        rec.eval,
+        None,
+        output_dir=str(tmp_path),
+    )
     agent.search_loop()
     assert rec.trained == [(("a", 2), ("b", 1))]
     rows = {r["arch"]["a"]: r for r in agent.search_result}
@@ -106,8 +118,9 @@ def test_a_metric_missing_from_the_first_trained_arch_stops_the_search_at_once(t
     def ev(model):
         return {"f1": 0.5}
 
-    agent = AutoDistillation(Toy, cfg(max_trials=5), lambda m: trained.append(m.arch), ev, fake_profile,
-                             output_dir=str(tmp_path))
+    agent = AutoDistillation(
+        Toy, cfg(max_trials=5), lambda m: trained.append(m.arch), ev, fake_profile, output_dir=str(tmp_path)
+    )
     with pytest.raises(ConfigError, match=r"search\.metrics.*'accuracy'.*\['f1'"):
         agent.search_loop()
     assert len(trained) == 1
@@ -121,8 +134,14 @@ def test_a_metric_missing_after_a_successful_trial_only_fails_that_trial(tmp_pat
         evaluated.append(dict(model.arch))
         return {"f1": 1.0} if len(evaluated) == 2 else {"accuracy": accuracy_of(model.arch)}
 
-    agent = AutoDistillation(Toy, cfg(search_space={"a": [1, 2, 3], "b": [1]}, max_trials=3), None, ev, fake_profile,
-                             output_dir=str(tmp_path))
+    agent = AutoDistillation(
+        Toy,
+        cfg(search_space={"a": [1, 2, 3], "b": [1]}, max_trials=3),
+        None,
+        ev,
+        fake_profile,
+        output_dir=str(tmp_path),
+    )
     agent.search_loop()
     statuses = {r["arch"]["a"]: r["status"] for r in agent.search_result}
     assert len(evaluated) == 3
@@ -133,8 +152,14 @@ def test_a_search_that_trained_nothing_ends_with_a_warning_counting_the_reasons(
     def train(model):
         raise ValueError("boom")
 
-    agent = AutoDistillation(Toy, cfg(search_space={"a": [1, 2], "b": [1]}, max_trials=5), train, Recorder().eval,
-                             fake_profile, output_dir=str(tmp_path))
+    agent = AutoDistillation(
+        Toy,
+        cfg(search_space={"a": [1, 2], "b": [1]}, max_trials=5),
+        train,
+        Recorder().eval,
+        fake_profile,
+        output_dir=str(tmp_path),
+    )
     with caplog.at_level(logging.INFO):
         assert agent.search_loop() is None
     result = agent.result()
@@ -172,13 +197,15 @@ def test_failures_of_an_earlier_run_are_retried_once_by_the_next_run(tmp_path, c
             raise ValueError("missing dataset column")
 
     space = {"a": [1, 2], "b": [1]}
-    first = AutoDistillation(Toy, cfg(search_space=space, max_trials=5), train, Recorder().eval, fake_profile,
-                             output_dir=str(tmp_path))
+    first = AutoDistillation(
+        Toy, cfg(search_space=space, max_trials=5), train, Recorder().eval, fake_profile, output_dir=str(tmp_path)
+    )
     assert first.search_loop() is None and len(calls) == 2  # a failure is final within the run
 
     broken["on"] = False  # the user fixes the cause and reruns in the same output_dir
-    again = AutoDistillation(Toy, cfg(search_space=space, max_trials=5), train, Recorder().eval, fake_profile,
-                             output_dir=str(tmp_path))
+    again = AutoDistillation(
+        Toy, cfg(search_space=space, max_trials=5), train, Recorder().eval, fake_profile, output_dir=str(tmp_path)
+    )
     with caplog.at_level(logging.INFO):
         best = again.search_loop()
     assert len(calls) == 4 and sorted(c["a"] for c in calls[2:]) == [1, 2]
@@ -196,8 +223,9 @@ def test_a_retried_failure_that_fails_again_is_final_for_that_run(tmp_path):
 
     space = {"a": [1, 2], "b": [1]}
     for expected in (2, 4):
-        agent = AutoDistillation(Toy, cfg(search_space=space, max_trials=5), train, Recorder().eval, fake_profile,
-                                 output_dir=str(tmp_path))
+        agent = AutoDistillation(
+            Toy, cfg(search_space=space, max_trials=5), train, Recorder().eval, fake_profile, output_dir=str(tmp_path)
+        )
         assert agent.search_loop() is None
         assert len(calls) == expected
     assert [r["status"] for r in agent.search_result] == ["failed", "failed"]
@@ -212,8 +240,15 @@ def test_retry_failed_false_keeps_failures_of_earlier_runs_final(tmp_path):
 
     space = {"a": [1, 2], "b": [1]}
     for retry_failed in (True, False):
-        agent = AutoDistillation(Toy, cfg(search_space=space, max_trials=5), train, Recorder().eval, fake_profile,
-                                 output_dir=str(tmp_path), retry_failed=retry_failed)
+        agent = AutoDistillation(
+            Toy,
+            cfg(search_space=space, max_trials=5),
+            train,
+            Recorder().eval,
+            fake_profile,
+            output_dir=str(tmp_path),
+            retry_failed=retry_failed,
+        )
         agent.search_loop()
     assert len(calls) == 2
 
@@ -224,8 +259,14 @@ def test_retry_failed_false_keeps_failures_of_earlier_runs_final(tmp_path):
 def test_a_latency_budget_nothing_fits_stops_with_the_budget_as_the_reason(tmp_path, caplog):
     space = {"a": list(range(1, 21)), "b": list(range(1, 21))}  # 400 archs, latency 1 + a + 0.1 b >= 2.1 ms
     rec = Recorder()
-    agent = AutoDistillation(Toy, cfg(search_space=space, max_trials=2, max_latency_ms=0.5), rec.train, rec.eval,
-                             fake_profile, output_dir=str(tmp_path))
+    agent = AutoDistillation(
+        Toy,
+        cfg(search_space=space, max_trials=2, max_latency_ms=0.5),
+        rec.train,
+        rec.eval,
+        fake_profile,
+        output_dir=str(tmp_path),
+    )
     with caplog.at_level(logging.INFO):
         assert agent.search_loop() is None
     assert rec.trained == []

@@ -202,7 +202,8 @@ def run_autodistillation(
 
     agent = AutoDistillation(
         recording_builder, config, train_func=train_func or train_func_builtin,
-        eval_func=eval_func_builtin if eval_func is None else eval_with_model_dir, profile_func=profile_func, output_dir=args.output_dir,
+        eval_func=eval_func_builtin if eval_func is None else eval_with_model_dir, profile_func=profile_func,
+        output_dir=args.output_dir,
     )
     agent.search_loop()
     return agent, agent.result()
