@@ -60,7 +60,7 @@ ordered by trial number: trained, failed, invalid and over-budget trials; duplic
 not-needed trials are omitted (they stay in the study).
 """
 
-from ..configs.search import SEARCH_ALGORITHMS, SearchConfig, parse_search_config
+from ..configs import SEARCH_ALGORITHMS, SearchConfig, parse_search_config
 from .loop import AutoDistillation
 from .results import RESULTS_FILENAME, AutoDistillationResult
 from .samplers import make_advisor

@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..configs.search import SearchConfig
+from ..configs import SearchConfig
 from ..errors import ConfigError
 from . import ledger
 from .evaluation import BUDGETS

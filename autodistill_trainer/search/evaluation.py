@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..configs.search import SearchConfig
+from ..configs import SearchConfig
 from ..errors import InvalidArchitectureError
 from ..profiling import ProfilingUnsupportedError, count_parameters, profile_model
 

@@ -10,8 +10,7 @@ from typing import Any, Callable, Mapping
 import torch.distributed as dist
 from optuna.trial import TrialState
 
-from ..configs.autodistillation import AutoDistillationConfig
-from ..configs.search import SearchConfig, _is_number, parse_search_config
+from ..configs import AutoDistillationConfig, SearchConfig, parse_search_config
 from ..errors import ConfigError, InvalidArchitectureError
 from . import selection
 from .driver import StudyDriver, rank_world
@@ -112,7 +111,8 @@ class AutoDistillation(StudyDriver):
         if self.eval_func is None:
             return {}
         metrics = self.eval_func(trained)
-        if _is_number(metrics) or (hasattr(metrics, "item") and not isinstance(metrics, Mapping)):
+        bare_number = isinstance(metrics, (int, float)) and not isinstance(metrics, bool)
+        if bare_number or (hasattr(metrics, "item") and not isinstance(metrics, Mapping)):
             metrics = {self.search_config.metrics[0]: float(metrics)}
         if not isinstance(metrics, Mapping):
             raise TypeError(f"eval_func must return a dict of metrics, got {type(metrics).__name__}")

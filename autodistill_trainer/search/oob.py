@@ -26,7 +26,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from ..builders import build_model
-from ..configs.autodistillation import AutoDistillationConfig
+from ..configs import AutoDistillationConfig
 from ..errors import ConfigError
 from ..schedule import run_distillation
 from .evaluation import PROFILE_KEYS

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 
-from ..configs.search import SEARCH_ALGORITHMS
+from ..configs import SEARCH_ALGORITHMS
 from ..errors import ConfigError, did_you_mean
 
 __all__ = ["SAMPLER_FACTORIES", "make_advisor"]
