@@ -261,7 +261,7 @@ def test_a_latency_budget_nothing_fits_stops_with_the_budget_as_the_reason(tmp_p
     rec = Recorder()
     agent = AutoDistillation(
         Toy,
-        cfg(search_space=space, max_trials=2, max_latency_ms=0.5),
+        cfg(search_space=space, max_trials=2, max_latency_ms=0.5, heartbeat_interval=None),
         rec.train,
         rec.eval,
         fake_profile,

@@ -9,6 +9,8 @@ from typing import Any, Callable, Mapping
 
 import torch.distributed as dist
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
+from transformers import set_seed
 
 from ..configs import AutoDistillationConfig, SearchConfig, parse_search_config
 from ..errors import ConfigError, InvalidArchitectureError
@@ -209,14 +211,10 @@ class AutoDistillation(StudyDriver):
             raise ConfigError(f"search.metrics: eval_func is required to measure {needed}.")
         rank, world = rank_world()
         is_main = rank == 0
-        from transformers import set_seed  # heavy import, only when a search runs
-
         bar = None
         self._stop_error = None
         state = {"proposals": 0, "max_proposals": 20 * cfg.max_trials + 100}
         if is_main:
-            from tqdm.auto import tqdm
-
             if self._current is not None:  # a proposal made by a direct model_arch_proposition() call
                 logger.info("discarding the pending proposal %s (trial %d) before searching",
                             self._current["arch"], self._current["trial"].number)
@@ -335,15 +333,16 @@ class AutoDistillation(StudyDriver):
         study = self.study
         trials = study.get_trials(deepcopy=False)
         rows = rows_of(trials, self.search_space, cfg.metrics)
-        front, best = selection.select(rows, cfg.metrics, cfg.higher_is_better, cfg.max_latency_ms,
-                                       front=selection.front_numbers(study))
+        n_trained = sum(r["status"] == STATUS_TRAINED for r in rows)
+        front_numbers = selection.front_numbers(study) if n_trained else set()
+        front, best = selection.select(rows, cfg.metrics, cfg.higher_is_better, cfg.max_latency_ms, front=front_numbers)
         result = AutoDistillationResult(
             best_model_arch=dict(best["arch"]) if best else None,
             best_model_dir=best.get("model_dir") if best else None,
             best_row=best,
             pareto_front=front,
             rows=rows,
-            n_trained=sum(r["status"] == STATUS_TRAINED for r in rows),
+            n_trained=n_trained,
             failure_reasons=failure_reasons(rows),
         )
         self.search_result, self.pareto_front, self.best_model_arch = rows, front, result.best_model_arch
