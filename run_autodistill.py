@@ -206,7 +206,7 @@ def run(recipe) -> int:
     trainer.autodistillation_config = recipe.autodistillation_config
 
     # 6. Search: each trial builds, profiles, distils (flash then regular) and evaluates a student.
-    best_arch = _broadcast(trainer.autodistillation(teacher, model_builder=model_builder, profile_func=profile))
+    best_arch = _broadcast(trainer.autodistillation(teacher, model_builder=model_builder, profile_func=profile).best_model_arch)
     agent = trainer.autodistillation_agent
     if best_arch is None:
         if training.process_index == 0:

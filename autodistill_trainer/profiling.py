@@ -23,12 +23,19 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LatencyResult",
+    "ProfilingUnsupportedError",
     "measure_latency",
     "count_parameters",
     "count_flops",
     "profile_model",
     "dummy_inputs",
 ]
+
+
+class ProfilingUnsupportedError(ValueError):
+    """The model cannot be profiled by this module (not an ``nn.Module``, or no dummy batch can be built for
+    it): a limit of the profiler, not a fault of the model. Pass ``inputs=`` or your own profile function."""
+
 
 #: Seed of the generator that draws dummy token ids (fixed so every call sees the same batch).
 DUMMY_INPUT_SEED = 0
@@ -93,7 +100,7 @@ def dummy_inputs(
     config = getattr(model, "config", None)
     vocab_size = getattr(config, "vocab_size", None)
     if vocab_size is None:
-        raise ValueError(
+        raise ProfilingUnsupportedError(
             f"Cannot build a dummy batch for {type(model).__name__}: it has no `config.vocab_size`; pass `inputs=`."
         )
     max_pos = getattr(config, "max_position_embeddings", None)
@@ -265,7 +272,13 @@ def measure_latency(
     )
     logger.debug(
         "latency %s: median %.3f ms (cv %.3f, %d x %d loops, %d threads, %s timer)",
-        type(model).__name__, result.median_ms, result.cv, repeats, inner_loops, used_threads, timer,
+        type(model).__name__,
+        result.median_ms,
+        result.cv,
+        repeats,
+        inner_loops,
+        used_threads,
+        timer,
     )
     return result
 
@@ -316,10 +329,16 @@ def profile_model(
 ) -> dict[str, float | int]:
     """The search's cheap objectives for a freshly built model.
 
+    Raises :class:`ProfilingUnsupportedError` when ``model`` is not an ``nn.Module`` or no dummy batch can
+    be built for it (no ``config.vocab_size`` and no ``inputs=``); errors of the model's own forward pass
+    propagate as they are.
+
     Returns ``{"params": int, "flops": int, "latency": float, "latency_cv": float}`` where ``latency`` is the
     median forward time in milliseconds from :func:`measure_latency` and ``latency_cv`` the coefficient of
     variation of its samples. Extra keyword arguments go to :func:`measure_latency`.
     """
+    if not isinstance(model, nn.Module):
+        raise ProfilingUnsupportedError(f"cannot profile a {type(model).__name__}: it is not a torch nn.Module.")
     latency = measure_latency(
         model,
         batch_size=batch_size,

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 from typing import Any, Mapping
 
 from torch import nn
 from transformers import Trainer
 
 from .builders import build_model
+from .configs import AutoDistillationConfig
 from .configs.distillation import FlashDistillationConfig, RegularDistillationConfig, parse_distillation
 from .errors import ConfigError
 from .schedule import StageResult, run_distillation
+from .search.oob import OOBContext, run_autodistillation
 from .stage_trainer import StageTrainer
 
 logger = logging.getLogger(__name__)
@@ -83,79 +83,32 @@ class DistillationTrainer(StageTrainer):
         train_func: Any = None,
         eval_func: Any = None,
         profile_func: Any = None,
-    ) -> dict[str, Any] | None:
-        """Search student architectures (the design's ``Trainer.autodistillation``); return ``best_model_arch``.
+    ) -> Any:
+        """Search student architectures (the design's ``Trainer.autodistillation``); return the
+        :class:`~autodistill_trainer.search.AutoDistillationResult` (best arch, best student's directory,
+        Pareto front, rows, failure reasons).
 
-        Needs ``self.autodistillation_config`` (``{'search': ..., 'flash_distillation': ...,
-        'regular_distillation': ...}``, the design's formats).
-
-        * OOB mode: ``model_cls`` (default: the class of this trainer's student) with the built-in builder
-          (:meth:`model_builder_builtin`); the built-in ``train_func`` runs flash then regular
-          distillation (:func:`~autodistill_trainer.schedule.run_distillation`) on this trainer's data
-          and arguments and saves the trained student under ``output_dir/trials/<arch>``; the built-in
-          ``eval_func`` returns this trainer's metrics on ``eval_dataset`` (``eval_`` prefix removed)
-          while latency, params and FLOPs come from the profile measured right after building.
-        * Advanced mode: your ``model_builder(arch)``, ``train_func(model)`` and ``eval_func(model)``.
-
-        Under ``accelerate launch`` one process drives the study and broadcasts each architecture; all
-        processes train it together. The :class:`~autodistill_trainer.search.AutoDistillation` agent is
-        kept in ``self.autodistillation_agent`` (search_result, pareto_front, best_model_arch).
+        Needs ``self.autodistillation_config`` (the design's ``{'search': ..., 'flash_distillation': ...,
+        'regular_distillation': ...}`` or an :class:`~autodistill_trainer.configs.AutoDistillationConfig`).
+        OOB mode uses this trainer's arguments, data, collator, ``compute_metrics`` and student class/config
+        (see :mod:`autodistill_trainer.search.oob`); advanced mode takes your ``model_builder(arch)``,
+        ``train_func(model)``, ``eval_func(model)``. Under ``accelerate launch`` rank 0 drives the study and
+        broadcasts each architecture; all processes train it together. The
+        :class:`~autodistill_trainer.search.AutoDistillation` agent is kept in ``self.autodistillation_agent``.
         """
-        from .configs.distillation import parse_distillation
-        from .schedule import run_distillation
-        from .search import AutoDistillation
-
         config = getattr(self, "autodistillation_config", None)
-        if not isinstance(config, Mapping):
+        if config is None:
             raise ConfigError(
                 "set trainer.autodistillation_config = {'search': {...}, 'flash_distillation': {...}, "
                 "'regular_distillation': {...}} before calling autodistillation()."
             )
-        flash, regular = parse_distillation(config.get("flash_distillation"), config.get("regular_distillation"))
-        if teacher_model is not self.teacher_model:
-            teacher_model.eval().requires_grad_(False)
-            teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
-        if model_builder is None:
-            def model_builder(arch):
-                return self.model_builder_builtin(arch, model_cls)
-
-        def train_func_builtin(model: nn.Module) -> nn.Module:
-            if flash is None and regular is None:
-                raise ConfigError("autodistillation_config has neither flash_distillation nor regular_distillation.")
-            trial_dir = os.path.join(self.args.output_dir, "trials", arch_slug({k: getattr(model.config, k, "na") for k in self._search_keys}))
-            run_distillation(
-                model, teacher_model, dataclasses.replace(self.args, output_dir=trial_dir), self.train_dataset,
-                flash_distillation=flash, regular_distillation=regular,
-                data_collator=self._base_collator(), processing_class=self.processing_class,
-                teacher_cache=self.teacher_cache,
-            )
-            if self.is_world_process_zero():
-                model.save_pretrained(os.path.join(trial_dir, "model"))
-                if self.processing_class is not None:
-                    self.processing_class.save_pretrained(os.path.join(trial_dir, "model"))
-            return model
-
-        def eval_func_builtin(model: nn.Module) -> dict[str, float]:
-            if self.eval_dataset is None:
-                raise ConfigError("the built-in eval_func needs the trainer's eval_dataset.")
-            evaluator = Trainer(
-                model=model, args=dataclasses.replace(self.args, report_to=[]), eval_dataset=self.eval_dataset,
-                data_collator=self._base_collator(), compute_metrics=self.compute_metrics,
-                preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
-            )
-            metrics = evaluator.evaluate()
-            return {
-                name: value for name, value in ((k.removeprefix("eval_"), v) for k, v in metrics.items())
-                if isinstance(value, (int, float)) and name not in _EVALUATION_BOOKKEEPING
-            }
-
-        agent = AutoDistillation(
-            model_builder, config, train_func=train_func or train_func_builtin, eval_func=eval_func or eval_func_builtin,
-            profile_func=profile_func, output_dir=self.args.output_dir,
+        agent, result = run_autodistillation(
+            OOBContext.from_trainer(self), teacher_model, AutoDistillationConfig.from_design(config),
+            model_builder=model_builder, model_cls=model_cls, train_func=train_func, eval_func=eval_func,
+            profile_func=profile_func,
         )
-        self._search_keys = list(agent.search_space)
         self.autodistillation_agent = agent
-        return agent.search_loop()
+        return result
 
 
 #: Keys of `Trainer.evaluate()` that describe the evaluation run rather than the model.

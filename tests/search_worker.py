@@ -39,7 +39,11 @@ def toy_accuracy(arch: dict) -> float:
 
 
 def fake_profile(model: Toy) -> dict:
-    return {"params": 10 * model.arch["a"] + model.arch["b"], "flops": 100 * model.arch["a"], "latency": 1.0 + model.arch["a"] + 0.1 * model.arch["b"]}
+    return {
+        "params": 10 * model.arch["a"] + model.arch["b"],
+        "flops": 100 * model.arch["a"],
+        "latency": 1.0 + model.arch["a"] + 0.1 * model.arch["b"],
+    }
 
 
 def _append(path: str, line: str) -> None:

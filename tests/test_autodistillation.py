@@ -8,31 +8,71 @@ import os
 import pytest
 from transformers import MobileBertForSequenceClassification, TrainingArguments
 
-from autodistill_trainer import ConfigError, DistillationTrainer, InvalidArchitectureError
+from autodistill_trainer import (
+    AutoDistillation,
+    AutoDistillationResult,
+    ConfigError,
+    DistillationTrainer,
+    InvalidArchitectureError,
+)
+from autodistill_trainer.search.oob import OOBContext, run_autodistillation
 from helpers import tiny_mobilebert_config
 from helpers import RandomTextClassification
 from launch import accelerate_launch_two_cpu_processes
 
-SPACE = {"hidden_size": [16, 24], "intra_bottleneck_size": [8], "num_attention_heads": [2, 3],
-         "intermediate_size": [32], "num_feedforward_networks": [1]}
+SPACE = {
+    "hidden_size": [16, 24],
+    "intra_bottleneck_size": [8],
+    "num_attention_heads": [2, 3],
+    "intermediate_size": [32],
+    "num_feedforward_networks": [1],
+}
 
 
 def make_trainer(tmp_path, student, teacher):
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-2,
-                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=RandomTextClassification(16),
-                               eval_dataset=RandomTextClassification(8, seed=1),
-                               compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())})
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=RandomTextClassification(16),
+        eval_dataset=RandomTextClassification(8, seed=1),
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+    )
 
 
 def oob_config(max_trials=2):
     return {
-        "search": {"search_space": SPACE, "search_algorithm": "grid", "metrics": ["accuracy", "latency"],
-                   "higher_is_better": [True, False], "max_trials": max_trials, "seed": 1},
-        "flash_distillation": {"knowledge_transfer": {"block_names": "auto", "layer_mappings_for_knowledge_transfer": "auto",
-                                                      "train_steps": 2}},
-        "regular_distillation": {"layer_mappings_for_knowledge_transfer": [[("classifier", "classifier")]],
-                                 "loss_types": [["KL"]], "add_origin_loss": [True], "train_steps": [2]},
+        "search": {
+            "search_space": SPACE,
+            "search_algorithm": "grid",
+            "metrics": ["accuracy", "latency"],
+            "higher_is_better": [True, False],
+            "max_trials": max_trials,
+            "seed": 1,
+        },
+        "flash_distillation": {
+            "knowledge_transfer": {
+                "block_names": "auto",
+                "layer_mappings_for_knowledge_transfer": "auto",
+                "train_steps": 2,
+            }
+        },
+        "regular_distillation": {
+            "layer_mappings_for_knowledge_transfer": [[("classifier", "classifier")]],
+            "loss_types": [["KL"]],
+            "add_origin_loss": [True],
+            "train_steps": [2],
+        },
     }
 
 
@@ -43,17 +83,63 @@ def fake_profile(model):
 def test_oob_mode_builds_distils_and_evaluates_every_valid_arch(tmp_path, bert_teacher, mobilebert_student):
     trainer = make_trainer(tmp_path, mobilebert_student, bert_teacher)
     trainer.autodistillation_config = oob_config()
-    best = trainer.autodistillation(bert_teacher, model_cls=MobileBertForSequenceClassification, profile_func=fake_profile)
+    result = trainer.autodistillation(
+        bert_teacher, model_cls=MobileBertForSequenceClassification, profile_func=fake_profile
+    )
+    assert isinstance(result, AutoDistillationResult)
     agent = trainer.autodistillation_agent
-    trained = [r for r in agent.search_result if r["state"] == "COMPLETE"]
+    assert result.rows == agent.search_result and result.n_trained == 2
+    trained = [r for r in result.rows if r["state"] == "COMPLETE"]
     assert sorted(r["arch"]["hidden_size"] for r in trained) == [16, 24]
     assert all(r["arch"]["num_attention_heads"] == 2 for r in trained)  # 3 heads never divide 8: never trained
-    assert any(r["status"] == "invalid" for r in agent.search_result)
-    assert best in [r["arch"] for r in trained]
-    for row in trained:  # each trial's distilled student is saved as a plain model
+    invalid = [r for r in result.rows if r["status"] == "invalid"]
+    assert invalid and all(r["arch"]["num_attention_heads"] == 3 for r in invalid)
+    assert len(result.rows) == len(invalid) + 2
+    for row in trained:  # each trial's distilled student is saved as a plain model, and its row says where
         slug = "_".join(f"{k}-{row['arch'][k]}" for k in SPACE)
-        assert os.path.isfile(os.path.join(trainer.args.output_dir, "trials", slug, "model", "model.safetensors"))
-    assert json.loads(open(os.path.join(trainer.args.output_dir, "search_results.json")).read())["best_model_arch"] == best
+        model_dir = os.path.join(trainer.args.output_dir, "trials", slug, "model")
+        assert row["model_dir"] == model_dir and os.path.isfile(os.path.join(model_dir, "model.safetensors"))
+    assert result.best_model_dir == result.best_row["model_dir"] and result.best_row["arch"] == result.best_model_arch
+    saved = json.loads(open(os.path.join(trainer.args.output_dir, "search_results.json")).read())
+    assert saved["best_model_arch"] == result.best_model_arch and saved["best_model_dir"] == result.best_model_dir
+
+
+def test_oob_search_runs_from_a_context_without_a_trainer(tmp_path, bert_teacher, mobilebert_student):
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "ctx"),
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    context = OOBContext(
+        args=args,
+        train_dataset=RandomTextClassification(8),
+        eval_dataset=RandomTextClassification(4, seed=1),
+        student_config=mobilebert_student.config,
+        student_cls=MobileBertForSequenceClassification,
+    )
+    config = oob_config(max_trials=1)
+    config["search"].update(metrics=["loss"], higher_is_better=[False])  # evaluate() reports it without compute_metrics
+    agent, result = run_autodistillation(context, bert_teacher, config, profile_func=fake_profile)
+    assert isinstance(agent, AutoDistillation) and result.n_trained == 1
+    assert result.best_model_dir == os.path.join(
+        args.output_dir, "trials", "_".join(f"{k}-{result.best_model_arch[k]}" for k in SPACE), "model"
+    )
+    assert os.path.isfile(os.path.join(result.best_model_dir, "config.json"))
+    assert result.best_row["metrics"]["loss"] > 0
+
+
+def test_oob_mode_without_compute_metrics_fails_before_training(tmp_path, bert_teacher, mobilebert_student):
+    trainer = make_trainer(tmp_path, mobilebert_student, bert_teacher)
+    trainer.compute_metrics = None
+    trainer.autodistillation_config = oob_config()
+    with pytest.raises(ConfigError, match=r"compute_metrics.*'accuracy'|'accuracy'.*compute_metrics"):
+        trainer.autodistillation(bert_teacher, model_cls=MobileBertForSequenceClassification, profile_func=fake_profile)
+    assert not os.path.exists(os.path.join(trainer.args.output_dir, "trials"))
+    assert not os.path.exists(os.path.join(trainer.args.output_dir, "search_results.json"))
 
 
 def test_advanced_mode_uses_the_user_builder_train_and_eval_functions(tmp_path, bert_teacher, mobilebert_student):
@@ -71,14 +157,17 @@ def test_advanced_mode_uses_the_user_builder_train_and_eval_functions(tmp_path, 
         calls["train"] += 1
         return model
 
-    def eval_func(model):
+    def eval_func(model):  # hidden 16 is both more accurate and faster (fake_profile): it dominates hidden 24
         calls["eval"] += 1
-        return {"accuracy": model.config.hidden_size / 100}
+        return {"accuracy": 0.9 if model.config.hidden_size == 16 else 0.5}
 
-    best = trainer.autodistillation(bert_teacher, model_builder, train_func=train_func, eval_func=eval_func,
-                                    profile_func=fake_profile)
-    assert calls["train"] == calls["eval"] == 2
-    assert best["hidden_size"] in (16, 24)
+    result = trainer.autodistillation(
+        bert_teacher, model_builder, train_func=train_func, eval_func=eval_func, profile_func=fake_profile
+    )
+    assert calls["train"] == calls["eval"] == 2 and len(calls["build"]) >= 3
+    assert result.best_model_arch == {**{k: v[0] for k, v in SPACE.items()}, "num_attention_heads": 2}
+    assert [r["arch"]["hidden_size"] for r in result.pareto_front] == [16]
+    assert result.best_model_dir is None  # the user's train_func saved nothing
 
 
 def test_autodistillation_without_a_config_says_how_to_set_it(tmp_path, bert_teacher, mobilebert_student):

@@ -21,20 +21,38 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "smoke.yaml"
 MAX_TRIALS = 3
 # 6 valid architectures (heads divide the bottleneck of 32), so 3 trials fit with room for the retry
-SPACE = "{hidden_size: [64, 96, 128], intra_bottleneck_size: [32], num_attention_heads: [2, 4], intermediate_size: [64], num_feedforward_networks: [1]}"
+SPACE = (
+    "{hidden_size: [64, 96, 128], intra_bottleneck_size: [32], num_attention_heads: [2, 4], intermediate_size: [64], "
+    "num_feedforward_networks: [1]}"
+)
 
 
 def _command(output_dir: Path) -> list[str]:
     return [
-        sys.executable, str(ROOT / "run_autodistill.py"), str(SMOKE), "--output_dir", str(output_dir),
-        "--max_trials", str(MAX_TRIALS), "--auto_distillation.search.search_space", SPACE,
-        "--baseline.enabled", "false",
+        sys.executable,
+        str(ROOT / "run_autodistill.py"),
+        str(SMOKE),
+        "--output_dir",
+        str(output_dir),
+        "--max_trials",
+        str(MAX_TRIALS),
+        "--auto_distillation.search.search_space",
+        SPACE,
+        "--baseline.enabled",
+        "false",
     ]
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_DISABLED": "true",
+    }
 
 
 def _complete_rows(output_dir: Path) -> list[dict]:
@@ -52,11 +70,15 @@ def _trials(output_dir: Path) -> list[dict]:
         return []
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        trials = {tid: {"number": n, "state": s, "params": {}, "attrs": {}}
-                  for tid, n, s in con.execute("SELECT trial_id, number, state FROM trials")}
+        trials = {
+            tid: {"number": n, "state": s, "params": {}, "attrs": {}}
+            for tid, n, s in con.execute("SELECT trial_id, number, state FROM trials")
+        }
         for tid, key, value in con.execute("SELECT trial_id, key, value_json FROM trial_user_attributes"):
             trials[tid]["attrs"][key] = json.loads(value)
-        for tid, name, value, dist in con.execute("SELECT trial_id, param_name, param_value, distribution_json FROM trial_params"):
+        for tid, name, value, dist in con.execute(
+            "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params"
+        ):
             choices = json.loads(dist)["attributes"]["choices"]
             trials[tid]["params"][name] = choices[int(value)]
     except sqlite3.OperationalError:  # schema not created yet
@@ -75,16 +97,21 @@ def _model_file(output_dir: Path, arch: dict) -> Path:
 def test_search_resumes_after_kill_9(tmp_path):
     output_dir = tmp_path / "run"
     log1 = open(tmp_path / "run1.log", "w")
-    proc = subprocess.Popen(_command(output_dir), stdout=log1, stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _command(output_dir), stdout=log1, stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path, start_new_session=True
+    )
     # Kill at a deterministic point: >= 1 trained trial recorded, and the next trial is training.
     deadline = time.monotonic() + 120
     running = None
     try:
         while time.monotonic() < deadline:
-            assert proc.poll() is None, f"the search ended before the kill:\n{(tmp_path / 'run1.log').read_text()[-3000:]}"
+            assert proc.poll() is None, (
+                f"the search ended before the kill:\n{(tmp_path / 'run1.log').read_text()[-3000:]}"
+            )
             if _complete_rows(output_dir):
-                running = [t for t in _trials(output_dir) if t["state"] == "RUNNING" and t["attrs"].get("status") == "training"]
+                running = [
+                    t for t in _trials(output_dir) if t["state"] == "RUNNING" and t["attrs"].get("status") == "training"
+                ]
                 if running:
                     break
             time.sleep(0.05)

@@ -9,6 +9,7 @@ from torch import nn
 from helpers import tiny_bert_config, tiny_mobilebert_config
 from autodistill_trainer.profiling import (
     LatencyResult,
+    ProfilingUnsupportedError,
     count_flops,
     count_parameters,
     dummy_inputs,
@@ -139,16 +140,44 @@ def test_measure_latency_rejects_zero_repeats():
         measure_latency(nn.Linear(2, 2), inputs=torch.randn(1, 2), repeats=0)
 
 
-def test_profile_model_returns_cheap_objectives_in_expected_units():
+def test_profile_model_reports_the_median_and_cv_of_one_latency_measurement_with_its_protocol(monkeypatch):
     from transformers import BertForSequenceClassification
 
+    from autodistill_trainer import profiling
+
+    measured = []
+
+    def spy(model, **kwargs):
+        result = measure_latency(model, **kwargs)
+        measured.append((kwargs, result))
+        return result
+
+    monkeypatch.setattr(profiling, "measure_latency", spy)
     model = BertForSequenceClassification(tiny_bert_config())
-    out = profile_model(model, batch_size=1, seq_length=8, **FAST)
+    threads_before = torch.get_num_threads()
+    out = profile_model(model, batch_size=1, seq_length=8, num_threads=1, **FAST)
+    [(kwargs, res)] = measured
     assert set(out) == {"params", "flops", "latency", "latency_cv"}
+    assert (kwargs["num_threads"], kwargs["warmup"], kwargs["repeats"]) == (1, FAST["warmup"], FAST["repeats"])
+    assert len(res.samples_ms) == FAST["repeats"]  # repeats honoured
+    assert out["latency"] == res.median_ms and min(res.samples_ms) <= out["latency"] <= max(res.samples_ms)
+    assert out["latency_cv"] == pytest.approx(res.std_ms / res.mean_ms)
     assert out["params"] == count_parameters(model)
     assert out["flops"] == count_flops(model, batch_size=1, seq_length=8)
-    assert isinstance(out["latency"], float) and 0 < out["latency"] < 1000  # milliseconds
-    assert out["latency_cv"] >= 0
+    assert torch.get_num_threads() == threads_before
+
+
+def test_models_the_profiler_cannot_feed_raise_profiling_unsupported_not_a_model_error():
+    class NoConfig(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+    with pytest.raises(ProfilingUnsupportedError, match="vocab_size"):
+        profile_model(NoConfig(), **FAST)
+    with pytest.raises(ProfilingUnsupportedError, match="not a torch nn.Module"):
+        profile_model(object(), **FAST)
+    assert issubclass(ProfilingUnsupportedError, ValueError)
 
 
 def test_auto_timer_uses_thread_cpu_time_for_one_cpu_thread_and_wall_clock_otherwise():

@@ -47,7 +47,10 @@ def test_ddp_ranks_train_the_same_archs(tmp_path):
     """Two gloo ranks: rank 0 drives the study, both ranks train each broadcast arch together."""
     proc = subprocess.run(
         [sys.executable, WORKER, "ddp", "--out", str(tmp_path), "--max-trials", "4", "--algorithm", "TPE"],
-        env=_env(), capture_output=True, text=True, timeout=180,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logs = [(tmp_path / f"rank{r}.log").read_text().splitlines() for r in (0, 1)]
@@ -63,7 +66,11 @@ def test_ddp_ranks_train_the_same_archs(tmp_path):
 
 
 def _pg_bindir() -> str | None:
-    for cand in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0, reverse=True):
+    for cand in sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
+        reverse=True,
+    ):
         if os.path.exists(os.path.join(cand, "initdb")) and os.path.exists(os.path.join(cand, "pg_ctl")):
             return cand
     initdb = shutil.which("initdb")
@@ -74,7 +81,9 @@ def _pg_bindir() -> str | None:
 def postgres_url():
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb/pg_ctl) found; install them with `apt-get install postgresql`")
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb/pg_ctl) found; install them with `apt-get install postgresql`"
+        )
     pytest.importorskip("psycopg2", reason="psycopg2 is needed for postgresql:// storage (pip install psycopg2-binary)")
     as_root = os.geteuid() == 0
     prefix: list[str] = []
@@ -97,11 +106,27 @@ def postgres_url():
         full = prefix + ([" ".join(cmd)] if prefix[:1] == ["su"] else cmd)
         res = subprocess.run(full, capture_output=True, text=True, timeout=120, cwd=tmp)
         if res.returncode != 0:
-            raise RuntimeError(f"{cmd[0]} failed: {res.stdout}\n{res.stderr}\n" + (open(log).read() if os.path.exists(log) else ""))
+            raise RuntimeError(
+                f"{cmd[0]} failed: {res.stdout}\n{res.stderr}\n" + (open(log).read() if os.path.exists(log) else "")
+            )
 
     run([os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
     opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {tmp} -c fsync=off -c max_connections=50"
-    run([os.path.join(bindir, "pg_ctl"), "-D", data, "-l", log, "-w", "-t", "60", "-o", f"'{opts}'" if prefix[:1] == ["su"] else opts, "start"])
+    run(
+        [
+            os.path.join(bindir, "pg_ctl"),
+            "-D",
+            data,
+            "-l",
+            log,
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"'{opts}'" if prefix[:1] == ["su"] else opts,
+            "start",
+        ]
+    )
     try:
         import psycopg2
 
@@ -120,7 +145,9 @@ def postgres_url():
 
 def _worker(args: list[str], out: str) -> subprocess.Popen:
     logf = open(os.path.join(out, f"worker-{len(os.listdir(out))}.out"), "w")
-    return subprocess.Popen([sys.executable, WORKER, "worker", *args], env=_env(), stdout=logf, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, WORKER, "worker", *args], env=_env(), stdout=logf, stderr=subprocess.STDOUT
+    )
 
 
 def _read_log(path) -> list[tuple[str, int, str]]:
@@ -145,8 +172,23 @@ def _study_trials(url: str, name: str):
 
 def test_two_workers_share_a_postgres_study(postgres_url, tmp_path):
     out, log = str(tmp_path), str(tmp_path / "trained.log")
-    common = ["--storage", postgres_url, "--study", "shared", "--out", out, "--log", log, "--max-trials", "6", "--sleep", "0.5"]
-    create = subprocess.run([sys.executable, WORKER, "create", *common], env=_env(), capture_output=True, text=True, timeout=120)
+    common = [
+        "--storage",
+        postgres_url,
+        "--study",
+        "shared",
+        "--out",
+        out,
+        "--log",
+        log,
+        "--max-trials",
+        "6",
+        "--sleep",
+        "0.5",
+    ]
+    create = subprocess.run(
+        [sys.executable, WORKER, "create", *common], env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert create.returncode == 0, create.stderr[-3000:]
     # same seed on purpose: both workers' advisors propose the same sequence, so collisions are frequent
     workers = [_worker(common + ["--hostname", f"host{i}"], out) for i in range(2)]
@@ -167,8 +209,27 @@ def test_two_workers_share_a_postgres_study(postgres_url, tmp_path):
 
 def test_killed_worker_trial_is_retried(postgres_url, tmp_path):
     out, log = str(tmp_path), str(tmp_path / "trained.log")
-    common = ["--storage", postgres_url, "--study", "killed", "--out", out, "--log", log, "--max-trials", "6", "--space", "2x3", "--heartbeat", "1", "--grace", "2"]
-    create = subprocess.run([sys.executable, WORKER, "create", *common], env=_env(), capture_output=True, text=True, timeout=120)
+    common = [
+        "--storage",
+        postgres_url,
+        "--study",
+        "killed",
+        "--out",
+        out,
+        "--log",
+        log,
+        "--max-trials",
+        "6",
+        "--space",
+        "2x3",
+        "--heartbeat",
+        "1",
+        "--grace",
+        "2",
+    ]
+    create = subprocess.run(
+        [sys.executable, WORKER, "create", *common], env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert create.returncode == 0, create.stderr[-3000:]
     # different host names: the survivor cannot use the dead-pid shortcut, the heartbeat has to catch it
     victim = _worker(common + ["--hostname", "host-a", "--first-sleep", "120"], out)
@@ -189,7 +250,9 @@ def test_killed_worker_trial_is_retried(postgres_url, tmp_path):
     assert victim_arch in done and all(pid == survivor.pid for kind, pid, _ in events if kind == "done")
     trials = _study_trials(postgres_url, "killed")
     failed = [t for t in trials if t.state.name == "FAIL"]
-    assert len(failed) == 1 and json.dumps(dict(sorted(failed[0].params.items()))) == json.dumps(json.loads(victim_arch))
+    assert len(failed) == 1 and json.dumps(dict(sorted(failed[0].params.items()))) == json.dumps(
+        json.loads(victim_arch)
+    )
     assert failed[0].user_attrs.get("status") != "failed"  # interrupted, not a real failure: it does not count
     assert sum(t.state.name == "COMPLETE" for t in trials) == 6
     rows = json.loads((tmp_path / "search_results.json").read_text())["trials"]
