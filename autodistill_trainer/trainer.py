@@ -6,7 +6,6 @@ import logging
 from typing import Any, Mapping
 
 from torch import nn
-from transformers import Trainer
 
 from .builders import build_model
 from .configs import AutoDistillationConfig

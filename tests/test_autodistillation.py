@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from transformers import MobileBertForSequenceClassification, TrainingArguments
+from transformers import MobileBertForSequenceClassification, TrainerCallback, TrainingArguments
 
 from autodistill_trainer import (
     AutoDistillation,
@@ -102,6 +102,29 @@ def test_oob_mode_builds_distils_and_evaluates_every_valid_arch(tmp_path, bert_t
     assert result.best_model_dir == result.best_row["model_dir"] and result.best_row["arch"] == result.best_model_arch
     saved = json.loads(open(os.path.join(trainer.args.output_dir, "search_results.json")).read())
     assert saved["best_model_arch"] == result.best_model_arch and saved["best_model_dir"] == result.best_model_dir
+
+
+def test_callbacks_given_to_the_trainer_see_the_stages_of_every_trial(tmp_path, bert_teacher, mobilebert_student):
+    class StageCounter(TrainerCallback):
+        def __init__(self):
+            self.train_begins, self.steps = 0, 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.train_begins += 1
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+
+    trainer = make_trainer(tmp_path, mobilebert_student, bert_teacher)
+    counter = StageCounter()
+    trainer.add_callback(counter)
+    trainer.autodistillation_config = oob_config()
+    result = trainer.autodistillation(bert_teacher, model_cls=MobileBertForSequenceClassification,
+                                      profile_func=fake_profile)
+    stages_per_trial = 2 + 1  # two flash blocks (auto: one per student layer) and the regular stage
+    assert result.n_trained == 2
+    assert counter.train_begins == 2 * stages_per_trial
+    assert counter.steps == 2 * (2 + 2 + 2)  # 2 steps per flash block, 2 regular steps, per trial
 
 
 def test_oob_search_runs_from_a_context_without_a_trainer(tmp_path, bert_teacher, mobilebert_student):
