@@ -112,6 +112,46 @@ def test_numeric_string_labels_are_ordered_by_value(tmp_path):
     assert_labels_match_file(data, names, {r["text"]: r["label"] for r in rows})
 
 
+def test_csv_whose_first_chunk_is_numeric_and_later_rows_are_text_is_read_whole(tmp_path):
+    # pandas reads a CSV in chunks of 10,000 rows: the first chunk's labels look like integers, later ones do not.
+    rows = [f"t{i},{i % 2}" for i in range(10_000)] + [f"u{i},neg" for i in range(10)]
+    path = write_csv(tmp_path / "train.csv", "text,label", rows)
+    data, names = load(tmp_path, train_file=path, validation_split_size=0.1)
+    assert names == ["0", "1", "neg"]
+    counts = [0, 0, 0]
+    for ds in data.values():
+        for label in col(ds, "label"):
+            counts[label] += 1
+    assert counts == [5000, 5000, 10]
+
+
+def test_csv_cells_like_na_or_numbers_are_text_not_missing(tmp_path):
+    path = write_csv(tmp_path / "train.csv", "text,label", ["NA,a", "None,b", "123,a", "null,b", "x,a", "y,b"])
+    data, names = load(tmp_path, train_file=path, validation_split_size=2)
+    texts = col(data["train"], "text") + col(data["validation"], "text")
+    assert sorted(texts) == ["123", "NA", "None", "null", "x", "y"]
+
+
+def test_json_numbers_as_text_are_cast_to_strings(tmp_path):
+    rows = [{"text": i * 7, "label": ["a", "b"][i % 2]} for i in range(8)]
+    data, _ = load(tmp_path, train_file=write_jsonl(tmp_path / "t.jsonl", rows), validation_split_size=2)
+    assert sorted(col(data["train"], "text") + col(data["validation"], "text")) == sorted(str(i * 7) for i in range(8))
+
+
+def test_integral_floats_and_integer_strings_are_one_class(tmp_path):
+    rows = [{"text": f"t{i}", "label": [1.0, "1", 0, "0.0", " 1 "][i % 5]} for i in range(20)]
+    data, names = load(tmp_path, train_file=write_jsonl(tmp_path / "t.jsonl", rows), validation_split_size=4)
+    assert names == ["0", "1"]
+    expected = {r["text"]: "0" if r["label"] in (0, "0.0") else "1" for r in rows}
+    assert_labels_match_file(data, names, expected)
+
+
+def test_fractional_numeric_labels_are_refused_as_regression(tmp_path):
+    path = write_csv(tmp_path / "train.csv", "text,label", [f"t{i},{i / 10}" for i in range(10)])
+    message = error_of(tmp_path, train_file=path, validation_split_size=2)
+    assert "non-integer numbers such as 0.1" in message and "only classification" in message
+
+
 def test_log_shows_the_true_class_counts_of_each_split(tmp_path, caplog):
     rows = [f"t{i},{['neg', '1'][i % 4 == 0]}" for i in range(40)]  # 10 of "1", 30 of "neg"
     path = write_csv(tmp_path / "train.csv", "text,label", rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Optional, Union
 
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict, Value
 
 from ..errors import ConfigError
 from .demo import DEMO_DATASET_NAME, DEMO_LABEL_NAMES, load_rotten_tomatoes_demo
@@ -33,8 +33,23 @@ def _canonical_columns(
     for split, ds in dataset.items():
         ds = ds.remove_columns([c for c in ds.column_names if c not in mapping])
         renames = {old: new for old, new in mapping.items() if old != new}
-        out[split] = ds.rename_columns(renames) if renames else ds
+        out[split] = _text_as_string(ds.rename_columns(renames) if renames else ds, mapping)
     return DatasetDict(out)
+
+
+def _text_as_string(ds: Dataset, mapping: dict[str, str]) -> Dataset:
+    """Text columns as strings: numbers (a JSON text column of numbers) are cast; anything else is refused."""
+    for original, name in mapping.items():
+        if name == "label":
+            continue
+        feature = ds.features[name]
+        if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+            continue
+        if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint", "float", "bool")):
+            ds = ds.cast_column(name, Value("string"))
+        else:
+            raise ConfigError(f"The column {original!r} holds {feature}, not text; choose a text column.")
+    return ds
 
 
 def load_text_classification_data(

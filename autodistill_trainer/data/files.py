@@ -8,6 +8,7 @@ the dataset library. The full scan of a file only runs when the library failed t
 from __future__ import annotations
 
 import codecs
+import csv
 import json
 import logging
 import os
@@ -78,7 +79,7 @@ def load_local_files(
         shown = {split: Path(path).suffix for split, path in files.items()}
         raise ConfigError(f"train_file and validation_file must have the same format; got {shown}.")
     builder, delimiter = next(iter(kinds.values()))
-    kwargs: dict[str, Any] = {"delimiter": delimiter} if builder == "csv" else {}
+    kwargs: dict[str, Any] = _csv_as_text(files, delimiter) if builder == "csv" else {}
     logger.info("Loading local %s files %s", builder, dict(files))
     try:
         loaded = datasets.load_dataset(builder, data_files=dict(files), cache_dir=cache_dir, **kwargs)
@@ -88,6 +89,17 @@ def load_local_files(
         if len(ds) == 0:
             raise ConfigError(f"data file {files[split]!r} has no rows; give a file with at least one example.")
     return loaded
+
+
+def _csv_as_text(files: Mapping[str, str], delimiter: str) -> dict[str, Any]:
+    """csv builder arguments reading every cell as text, so that a column's type never depends on which rows a
+    chunk holds (pandas reads ``1`` as a number and ``neg`` as text); only an empty cell is empty ("NA" is text)."""
+    columns: dict[str, None] = {}
+    for path in files.values():
+        with open(path, encoding="utf-8", newline="") as f:
+            columns.update(dict.fromkeys(next(csv.reader(f, delimiter=delimiter), [])))
+    features = datasets.Features({name: datasets.Value("string") for name in columns})
+    return {"delimiter": delimiter, "features": features, "keep_default_na": False}
 
 
 def unreadable_file_error(files: Mapping[str, str], builder: str, error: BaseException) -> ConfigError:

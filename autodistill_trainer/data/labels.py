@@ -4,12 +4,14 @@ class coverage checked (at least two classes; no class seen only in validation).
 Encoding rules (:func:`encode_labels`):
 
 * a ``ClassLabel`` column keeps its names;
-* a column of integers (or integral floats) keeps its ids: class ``i`` is named ``str(i)``, for ``i`` in
-  ``0..max``;
-* anything else (strings, or strings mixed with numbers, as CSV and JSON readers may give for ``neg`` / ``1``) is
-  mapped from the string form of each value (``str(value)``, integral numbers without ``.0``, surrounding spaces
-  stripped), so ``1`` and ``"1"`` are one class. Class names are sorted: integer literals first by value, then
-  the other names alphabetically.
+* every other label is compared by its string form (:func:`label_text`: ``str(value)``, surrounding spaces
+  stripped, integral numbers without ``.0``), so ``1``, ``1.0`` and ``"1"`` are one class whether a reader gives
+  a number or a string (CSV cells are read as text; JSON keeps its types, possibly mixed in one column);
+* when every label is a non-negative integer, the labels keep their ids: class ``i`` is named ``str(i)``, for
+  ``i`` in ``0..max`` (ids without examples are warned about);
+* otherwise the class names are sorted: integer literals first by value, then the other names alphabetically
+  (``neg`` / ``pos`` / ``1`` -> ``["1", "neg", "pos"]``);
+* numbers that are not integers (e.g. ``0.5``: regression targets) are refused.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from .splits import arrow_column, class_counts, column
 logger = logging.getLogger(__name__)
 
 _INTEGER = re.compile(r"[+-]?\d+")
+_INTEGRAL = re.compile(r"([+-]?\d+)(\.0*)?")
 _SHOWN_NAMES = 10
+_MAX_INTEGER_LABEL = 10_000
 
 
 def _is_empty(value: Any) -> bool:
@@ -71,15 +75,24 @@ def check_empty_cells(dataset: DatasetDict, columns: Mapping[str, str], sources:
 
 
 def label_text(value: Any) -> str:
-    """The string form a label is compared by: integral numbers without ``.0``, strings stripped."""
+    """The string form a label is compared by: stripped, integral numbers (also as text) without ``.0``."""
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    if isinstance(value, (int, float, str)):
-        return str(value).strip()
-    raise ConfigError(f"label_column holds {type(value).__name__} values such as {str(value)[:60]!r}; "
-                      "labels must be strings or integers.")
+    if not isinstance(value, (int, float, str)):
+        raise ConfigError(f"label_column holds {type(value).__name__} values such as {str(value)[:60]!r}; "
+                          "labels must be strings or integers.")
+    text = str(value).strip()
+    integral = _INTEGRAL.fullmatch(text)
+    return str(int(integral.group(1))) if integral else text
+
+
+def _is_fraction(name: str) -> bool:
+    try:
+        return math.isfinite(float(name))
+    except ValueError:
+        return False
 
 
 def _name_order(name: str) -> tuple[int, int, str]:
@@ -88,21 +101,24 @@ def _name_order(name: str) -> tuple[int, int, str]:
 
 def _label_ids(values: set) -> tuple[list[str], Any]:
     """Class names and a function value -> class id, for the distinct label values of all splits."""
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if len(numbers) == len(values):
-        if any(not math.isfinite(v) or not float(v).is_integer() for v in numbers):
-            fractional = next(v for v in numbers if not math.isfinite(v) or not float(v).is_integer())
-            raise ConfigError(
-                f"label_column holds non-integer numbers such as {fractional}; only classification is supported: "
-                "use class names or integer ids 0..n-1."
-            )
-        low, high = int(min(numbers)), int(max(numbers))
+    texts = {label_text(v) for v in values}
+    if all(_INTEGER.fullmatch(name) for name in texts):
+        low, high = min(int(n) for n in texts), max(int(n) for n in texts)
         if low < 0:
             raise ConfigError(
                 f"Integer labels must be 0..n-1; found {low} (unlabelled test rows use -1: do not pass them)."
             )
-        return [str(i) for i in range(high + 1)], int
-    names = sorted({label_text(v) for v in values}, key=_name_order)
+        if high >= _MAX_INTEGER_LABEL:
+            raise ConfigError(f"Integer labels are class ids 0..n-1; found {high} among {len(texts)} distinct "
+                              "values: is label_column an id column? Use class ids or class names.")
+        return [str(i) for i in range(high + 1)], lambda value: int(label_text(value))
+    if all(_is_fraction(name) for name in texts):
+        fractional = next(name for name in sorted(texts) if not _INTEGER.fullmatch(name))
+        raise ConfigError(
+            f"label_column holds non-integer numbers such as {fractional}; only classification is supported: "
+            "use class names or integer ids 0..n-1."
+        )
+    names = sorted(texts, key=_name_order)
     index = {name: i for i, name in enumerate(names)}
     return names, lambda value: index[label_text(value)]
 
@@ -130,7 +146,7 @@ def encode_labels(dataset: DatasetDict) -> tuple[DatasetDict, list[str]]:
             lambda batch: {"label": [to_id(v) for v in batch["label"]]}, batched=True, features=features,
             desc="Encoding labels",
         )
-    if to_id is not int:
+    if not all(_INTEGER.fullmatch(name) for name in names):
         shown = ", ".join(f"{i}={name!r}" for i, name in enumerate(names[:_SHOWN_NAMES]))
         logger.info("Label ids (from the labels' string form, sorted): %s%s", shown,
                     ", ..." if len(names) > _SHOWN_NAMES else "")
