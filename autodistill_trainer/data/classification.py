@@ -48,7 +48,10 @@ def _text_as_string(ds: Dataset, mapping: dict[str, str]) -> Dataset:
         if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint", "float", "bool")):
             ds = ds.cast_column(name, Value("string"))
         else:
-            raise ConfigError(f"The column {original!r} holds {feature}, not text; choose a text column.")
+            raise ConfigError(
+                f"The column {original!r} holds {feature}, not text; choose a text column (a .json file holds one "
+                "record per example: JSON Lines, or a list of objects)."
+            )
     return ds
 
 

@@ -96,7 +96,7 @@ def _csv_as_text(files: Mapping[str, str], delimiter: str) -> dict[str, Any]:
     chunk holds (pandas reads ``1`` as a number and ``neg`` as text); only an empty cell is empty ("NA" is text)."""
     columns: dict[str, None] = {}
     for path in files.values():
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # pandas drops a byte-order mark too
             columns.update(dict.fromkeys(next(csv.reader(f, delimiter=delimiter), [])))
     features = datasets.Features({name: datasets.Value("string") for name in columns})
     return {"delimiter": delimiter, "features": features, "keep_default_na": False}
@@ -109,9 +109,10 @@ def unreadable_file_error(files: Mapping[str, str], builder: str, error: BaseExc
         problem = diagnose_file(path, builder)
         if problem:
             return ConfigError(f"data file {path!r} {problem}")
-    cause = error
-    while cause.__cause__ is not None or cause.__context__ is not None:
+    cause, seen = error, {id(error)}
+    while (cause.__cause__ or cause.__context__) is not None and id(cause.__cause__ or cause.__context__) not in seen:
         cause = cause.__cause__ or cause.__context__
+        seen.add(id(cause))
     detail = " ".join(str(cause).split())[:_MAX_CAUSE_CHARS] or type(cause).__name__
     return ConfigError(f"cannot read the data file(s) {sorted(files.values())} as {builder}: {detail}")
 
