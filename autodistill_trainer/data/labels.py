@@ -190,7 +190,7 @@ def check_label_coverage(
                 f"{sources['validation']}: label(s) {listed} have 0 training examples in {sources['train']}; the "
                 "student cannot learn a class it never sees: add training examples or drop those rows."
             )
-    unused = [label_names[i] for i in range(len(label_names)) if i not in present]
+    unused = [name for i, name in enumerate(label_names) if not sum(per_class[i].values())]
     if unused and warn_unused:
         logger.warning("Labels %s have no examples in any split (%s); the model keeps an output for each.",
                        ", ".join(repr(name) for name in unused[:_SHOWN_NAMES]), where)
