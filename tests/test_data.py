@@ -187,9 +187,10 @@ def test_offline_teacher_path_holds_a_bert_config():
 
 def test_hub_code_path_loads_a_dataset_by_name_from_a_local_folder(tmp_path):
     # load_dataset(<name>) is the same call for a Hub id and a local folder of data files.
-    for split, rows in (("train", [("great", "pos"), ("awful", "neg")] * 4), ("validation", [("fine", "pos"), ("bad", "neg")])):
+    splits = (("train", [("great", "pos"), ("awful", "neg")] * 4), ("validation", [("fine", "pos"), ("bad", "neg")]))
+    for split, rows in splits:
         with open(tmp_path / f"{split}.csv", "w") as f:
-            f.write("sentence,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+            f.write("sentence,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
     dataset, labels = load_text_classification_data(dataset_name=str(tmp_path), text_column="sentence")
     assert labels == ["neg", "pos"]
     assert set(dataset) == {"train", "validation"} and len(dataset["train"]) == 8 and len(dataset["validation"]) == 2
