@@ -41,6 +41,8 @@ def test_smoke_recipe_runs_search_flash_and_regular_distillation(smoke_run):
     assert "flash 1/3" in run.stderr or "Distillation stage 1/3 (flash)" in run.stderr
     assert "Distillation stage 3/3 (regular)" in run.stderr
     assert "=== autodistill summary ===" in run.stdout and "same arch, no distillation" in run.stdout
+    # counted as the search counts: 2 trained of max_trials 2; the 2 architectures with 3 heads are invalid
+    assert "trained: 2 (max_trials 2), invalid: 2" in run.stdout
 
 
 def test_smoke_outputs_are_written(smoke_run):
@@ -52,6 +54,10 @@ def test_smoke_outputs_are_written(smoke_run):
     assert summary["speedup"] > 1 and summary["baseline_without_distillation"]["accuracy"] is not None
     card = (out / "best_model" / "README.md").read_text()
     assert "pipeline(" in card and str(summary["best_student"]["arch"]["hidden_size"]) in card
+    assert summary["trials"] == {"trained": 2, "complete": 2, "failed": 0, "invalid": 2, "over_budget": 0}
+    assert json.loads((out / ".autodistill.json").read_text())["fingerprint"]["task"] == "text-classification"
+    assert not (out / ".autodistill.lock").exists()
+    assert (out / "best_model" / ".autodistill_export.json").is_file()
     with open(out / "search_results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(json.loads((out / "search_results.json").read_text())["trials"])
 
@@ -113,8 +119,8 @@ def test_every_shipped_recipe_validates(name):
 def test_smoke_recipe_under_accelerate_with_two_processes(tmp_path):
     from launch import accelerate_launch_two_cpu_processes
 
-    run = accelerate_launch_two_cpu_processes(str(ROOT / "run_autodistill.py"), str(SMOKE), "--output_dir", str(tmp_path),
-                                              cwd=str(ROOT))
+    run = accelerate_launch_two_cpu_processes(str(ROOT / "run_autodistill.py"), str(SMOKE), "--output_dir",
+                                              str(tmp_path), cwd=str(ROOT))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.count("=== autodistill summary ===") == 1  # reports come from one process
     results = json.loads((tmp_path / "search_results.json").read_text())
