@@ -270,3 +270,29 @@ def test_no_trained_message_gives_counts_and_reasons():
     assert text.startswith("no architecture completed training (trained: 1 (max_trials 2), failed: 1, invalid: 1)")
     assert "#0 3 heads do not divide 64; #1 RuntimeError: loss is NaN" in text
 
+
+
+def test_search_that_trained_nothing_exits_1_with_the_reasons(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from autodistill_trainer import cli_run
+
+    rows = [{"number": 0, "arch": {"hidden_size": 64}, "status": "invalid",
+             "failure_reason": "3 heads do not divide 32"},
+            {"number": 1, "arch": {"hidden_size": 96}, "status": "failed", "failure_reason": "RuntimeError: NaN loss"}]
+    searched = []
+
+    def no_model(*args, **kwargs):
+        searched.append(True)
+        return SimpleNamespace(best_model_arch=None, best_model_dir=None, best_row=None, pareto_front=[], rows=rows)
+
+    monkeypatch.setattr(cli_run, "_search", no_model)
+    out = tmp_path / "run"
+    rc = run_autodistill.main([str(SMOKE), "--output_dir", str(out), "--teacher.finetune.max_steps", "1",
+                               "--data.max_train_samples", "32", "--data.max_eval_samples", "16"])
+    last = capsys.readouterr().err.rstrip("\n").rsplit("\n", 1)[-1]
+    assert rc == 1 and searched == [True]
+    assert last.startswith("error: no architecture completed training (trained: 1 (max_trials 2), failed: 1, "
+                           "invalid: 1); reasons: #0 3 heads do not divide 32; #1 RuntimeError: NaN loss"), last
+    assert not (out / "best_model").exists() and not (out / "summary.json").exists()
+    assert not (out / LOCK_FILE).exists()
