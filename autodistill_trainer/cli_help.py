@@ -74,6 +74,7 @@ def usage() -> str:
     for path, cls in SECTIONS:
         lines += _section(path, cls)
     lines += [
+        "  (flash/regular: layer_mappings may be written layer_mappings_for_knowledge_transfer, the design's name)",
         "  auto_distillation.train:  any transformers.TrainingArguments field (learning_rate, seed, ...)",
         "  output_dir:  where everything is written (default outputs/<model.name>); refused if it holds other files",
     ]
