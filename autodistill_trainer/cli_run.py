@@ -30,7 +30,7 @@ from .report import plot_pareto_front, write_model_card, write_results_table
 from .schedule import resolve_flash_config
 from .run_dir import (
     NonFiniteModelError, OutputDirError, OutputDirLock, atomic_write_json, check_output_dir, claim_output_dir,
-    export_best_model, run_fingerprint,
+    commit_output_dir, export_best_model, run_fingerprint,
 )
 from .tasks import Task, TeacherSetup, get_task
 from .teacher import load_tokenizer
@@ -82,7 +82,8 @@ def run(recipe: Recipe) -> int:
         teacher.eval()
         teacher_metrics.update(profile(teacher))
         logger.info("Teacher: %s", pick_metrics(teacher_metrics, task.score_key))
-        if is_main:  # inputs validated: now the resolved recipe may replace the previous run's
+        if is_main:  # inputs validated, teacher ready: bind the directory for good, replace the resolved recipe
+            commit_output_dir(output_dir)
             atomic_write_json(os.path.join(output_dir, "recipe.resolved.json"), recipe.raw)
 
         # 4. Students: one base config (the recipe's overrides on the built-in MobileBERT one) + each architecture.

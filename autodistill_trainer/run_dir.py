@@ -6,7 +6,8 @@
   whose pid is dead on this host is stale and taken over.
 * :func:`run_fingerprint` / :func:`claim_output_dir`: a study, its teacher and its caches belong to one fingerprint of
   (data and the content hash of its files, teacher source, task, search space, objectives), stored in
-  ``output_dir/.autodistill.json``; a rerun with another fingerprint is refused, saying what differs.
+  ``output_dir/.autodistill.json``; once the run has its teacher (:func:`commit_output_dir`), a rerun with another
+  fingerprint is refused, saying what differs.
 * :func:`export_best_model`: copies a trained model to ``best_model/`` only if its tensors are finite, and only
   replaces a ``best_model/`` this product wrote (its manifest lists every file), swapping directories by rename.
 """
@@ -27,8 +28,8 @@ from .errors import ConfigError
 
 __all__ = [
     "MARKER_FILE", "LOCK_FILE", "BEST_MODEL_DIR", "OutputDirError", "NonFiniteModelError", "check_output_dir",
-    "OutputDirLock", "run_fingerprint", "claim_output_dir", "atomic_write_json", "check_finite_weights",
-    "export_best_model",
+    "OutputDirLock", "run_fingerprint", "claim_output_dir", "commit_output_dir", "atomic_write_json",
+    "check_finite_weights", "export_best_model",
 ]
 
 MARKER_FILE = ".autodistill.json"
@@ -198,28 +199,49 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def claim_output_dir(output_dir: str, fingerprint: Mapping[str, Any]) -> bool:
     """Bind ``output_dir`` to ``fingerprint`` (write the marker), or refuse a directory bound to another one.
 
-    A marker with another fingerprint is refused unless the directory holds nothing else (a first run that
-    stopped before producing anything). Returns True when this is a new run, False when it resumes one.
+    A marker with another fingerprint is refused once :func:`commit_output_dir` has marked the directory as holding
+    a teacher and a study for it; before that (a first run stopped early: bad data, Ctrl-C) the directory is simply
+    bound to the new fingerprint. Returns True when this is a new binding, False when it resumes one.
     """
     marker = os.path.join(output_dir, MARKER_FILE)
-    if os.path.isfile(marker):
-        try:
-            with open(marker, encoding="utf-8") as f:
-                old = json.load(f).get("fingerprint", {})
-        except (OSError, ValueError, AttributeError):
-            raise OutputDirError(f"{marker} is unreadable: delete output_dir {output_dir!r} or use another.") from None
-        if old == dict(fingerprint):
+    old = _read_marker(output_dir)
+    if old is not None:
+        if old.get("fingerprint") == dict(fingerprint):
             return False
         others = [n for n in os.listdir(output_dir) if n not in (MARKER_FILE, LOCK_FILE)]
-        if others:
-            differs = ", ".join(_differences(old, fingerprint)[:4]) or "the recipe"
+        if old.get("committed") and others:
+            differs = ", ".join(_differences(old.get("fingerprint") or {}, fingerprint)[:4]) or "the recipe"
             raise OutputDirError(
                 f"output_dir {output_dir!r} holds a study for other inputs ({differs} differ): use a new output_dir, "
                 "or delete this one to start over."
             )
     os.makedirs(output_dir, exist_ok=True)
-    atomic_write_json(marker, {"product": "autodistill-trainer", "fingerprint": dict(fingerprint)})
+    atomic_write_json(marker, {"product": "autodistill-trainer", "fingerprint": dict(fingerprint), "committed": False})
     return True
+
+
+def commit_output_dir(output_dir: str) -> None:
+    """Mark ``output_dir`` as holding a teacher (and soon a study) for its fingerprint: from now on, other inputs
+    are refused by :func:`claim_output_dir`."""
+    marker = _read_marker(output_dir)
+    if marker is None:
+        raise OutputDirError(f"output_dir {output_dir!r} lost its {MARKER_FILE} during the run: rerun the command.")
+    if not marker.get("committed"):
+        atomic_write_json(os.path.join(output_dir, MARKER_FILE), {**marker, "committed": True})
+
+
+def _read_marker(output_dir: str) -> Optional[dict]:
+    marker = os.path.join(output_dir, MARKER_FILE)
+    if not os.path.isfile(marker):
+        return None
+    try:
+        with open(marker, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        raise OutputDirError(f"{marker} is unreadable: delete output_dir {output_dir!r} or use another.")
+    return data
 
 
 def check_finite_weights(model_dir: str) -> None:

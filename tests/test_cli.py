@@ -55,7 +55,8 @@ def test_smoke_outputs_are_written(smoke_run):
     card = (out / "best_model" / "README.md").read_text()
     assert "pipeline(" in card and str(summary["best_student"]["arch"]["hidden_size"]) in card
     assert summary["trials"] == {"trained": 2, "complete": 2, "failed": 0, "invalid": 2, "over_budget": 0}
-    assert json.loads((out / ".autodistill.json").read_text())["fingerprint"]["task"] == "text-classification"
+    marker = json.loads((out / ".autodistill.json").read_text())
+    assert marker["fingerprint"]["task"] == "text-classification" and marker["committed"] is True
     assert not (out / ".autodistill.lock").exists()
     assert (out / "best_model" / ".autodistill_export.json").is_file()
     with open(out / "search_results.csv") as f:

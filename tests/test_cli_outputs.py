@@ -28,8 +28,8 @@ from autodistill_trainer.cli_summary import format_summary, majority_class_rate,
 from autodistill_trainer.configs.autodistillation import AutoDistillationConfig  # noqa: E402
 from autodistill_trainer.recipe import load_recipe  # noqa: E402
 from autodistill_trainer.run_dir import (  # noqa: E402
-    LOCK_FILE, MARKER_FILE, NonFiniteModelError, OutputDirError, OutputDirLock, claim_output_dir, export_best_model,
-    run_fingerprint,
+    LOCK_FILE, MARKER_FILE, NonFiniteModelError, OutputDirError, OutputDirLock, claim_output_dir, commit_output_dir,
+    export_best_model, run_fingerprint,
 )
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -105,7 +105,8 @@ def test_output_dir_that_is_a_file_gives_one_line(tmp_path, capsys, no_data_load
 
 def test_rerun_with_other_data_is_refused_before_anything_is_loaded(tmp_path, capsys, no_data_loading):
     out = tmp_path / "run"
-    claim_output_dir(str(out), _fingerprint(SMOKE))  # what the first run (2-class demo data) wrote
+    claim_output_dir(str(out), _fingerprint(SMOKE))  # what the first run (2-class demo data) wrote,
+    commit_output_dir(str(out))  # once its teacher was ready
     (out / "teacher").mkdir()
     (out / "teacher" / "config.json").write_text("{}")
     before = _snapshot(out)
@@ -129,16 +130,18 @@ def test_fingerprint_follows_file_contents_and_search_objectives(tmp_path):
                         "--auto_distillation.search.higher_is_better", "[true]")["objectives"] != changed["objectives"]
 
 
-def test_same_fingerprint_resumes_and_a_dir_with_only_the_marker_is_reclaimed(tmp_path):
+def test_same_fingerprint_resumes_and_other_inputs_are_refused_once_committed(tmp_path):
     out = tmp_path / "run"
     assert claim_output_dir(str(out), {"data": {"a": 1}}) is True
-    (out / "search_results.json").write_text("{}")
-    assert claim_output_dir(str(out), {"data": {"a": 1}}) is False
+    (out / "cache").mkdir()  # a first run stopped before its teacher was ready (bad data, Ctrl-C)
+    assert claim_output_dir(str(out), {"data": {"a": 2}}) is True  # simply rebound to the new inputs
+    commit_output_dir(str(out))
+    (out / "teacher").mkdir()
+    assert claim_output_dir(str(out), {"data": {"a": 2}}) is False  # the same inputs resume
     with pytest.raises(OutputDirError, match=r"\(data.a differ\)"):
-        claim_output_dir(str(out), {"data": {"a": 2}})
-    (out / "search_results.json").unlink()  # nothing produced yet: the directory is simply rebound
-    assert claim_output_dir(str(out), {"data": {"a": 2}}) is True
-    assert json.loads((out / MARKER_FILE).read_text())["fingerprint"] == {"data": {"a": 2}}
+        claim_output_dir(str(out), {"data": {"a": 3}})
+    marker = json.loads((out / MARKER_FILE).read_text())
+    assert marker["fingerprint"] == {"data": {"a": 2}} and marker["committed"] is True
 
 
 def test_second_run_on_a_locked_output_dir_is_refused_naming_the_first(tmp_path, capsys, no_data_loading):
