@@ -43,7 +43,10 @@ def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
 
 def _fingerprint(recipe_path: Path, *overrides: str) -> dict:
     recipe = load_recipe(str(recipe_path), list(overrides))
-    search = AutoDistillationConfig.from_design(recipe.autodistillation_config).search
+    # TODO(merge): recipe.autodistillation.search once Recipe has the typed field
+    typed = getattr(recipe, "autodistillation", None)
+    typed = typed or AutoDistillationConfig.from_design(recipe.autodistillation_config)
+    search = typed.search
     return run_fingerprint(recipe.data, recipe.teacher, search)
 
 
