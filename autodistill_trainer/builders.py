@@ -10,36 +10,30 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, MobileBertConfig, PretrainedConfig, set_seed
+from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 from .errors import ConfigError, InvalidArchitectureError, did_you_mean
+from .teacher import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ARCH_KEYS",
-    "EXTRA_ARCH_KEYS",
-    "ALLOWED_ARCH_KEYS",
     "check_architecture",
     "apply_architecture",
     "build_model",
     "default_mobilebert_base_config",
+    "student_base_config",
     "enumerate_valid_architectures",
 ]
 
-#: The MobileBERT fields a search varies by default.
-ARCH_KEYS: tuple[str, ...] = (
-    "hidden_size",
-    "intra_bottleneck_size",
-    "num_attention_heads",
-    "intermediate_size",
-    "num_feedforward_networks",
+#: Base-config fields that :func:`student_base_config` derives from the tokenizer, the labels and
+#: ``data.max_length``: a recipe's ``model.base_config`` cannot set them.
+DERIVED_BASE_CONFIG_KEYS: tuple[str, ...] = (
+    "num_labels", "vocab_size", "pad_token_id", "max_position_embeddings", "id2label", "label2id",
 )
-#: Further MobileBERT fields a search space may also vary.
-EXTRA_ARCH_KEYS: tuple[str, ...] = ("num_hidden_layers", "embedding_size", "true_hidden_size")
-ALLOWED_ARCH_KEYS: tuple[str, ...] = ARCH_KEYS + EXTRA_ARCH_KEYS
 
 # Integer size fields that must be >= 1 when present on a config.
 _POSITIVE_FIELDS = (
@@ -194,10 +188,6 @@ def apply_architecture(base_config: PretrainedConfig, arch: Mapping[str, Any]) -
 
 
 def _is_auto_class(model_cls: Any) -> bool:
-    try:
-        from transformers.models.auto.auto_factory import _BaseAutoModelClass
-    except ImportError:  # pragma: no cover - layout changed
-        return type(model_cls) is type and model_cls.__name__.startswith("Auto")
     return isinstance(model_cls, type) and issubclass(model_cls, _BaseAutoModelClass)
 
 
@@ -226,8 +216,6 @@ def build_model(
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     if seed is not None:
-        from transformers import set_seed
-
         set_seed(seed)
     if _is_auto_class(model_cls):
         model = model_cls.from_config(config)
@@ -270,8 +258,6 @@ def default_mobilebert_base_config(
     * ``attn_implementation="eager"``: attention probabilities are only returned by eager attention,
       which attention-map distillation needs.
     """
-    from transformers import MobileBertConfig
-
     kwargs: dict[str, Any] = dict(
         vocab_size=vocab_size,
         max_position_embeddings=max_position_embeddings,
@@ -327,38 +313,63 @@ def enumerate_valid_architectures(
     return valid, invalid
 
 
-_PCA_CACHE: dict[tuple[int, int], Any] = {}
+def student_base_config(
+    model_args: Any,
+    data_args: Any,
+    *,
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+    label_names: Sequence[str] | None = None,
+) -> PretrainedConfig:
+    """The students' base config for a recipe: the one function validation and the CLI both use.
 
+    Args:
+        model_args: the recipe's ``model`` section (``ModelArguments``). ``base_config`` is either a dict of
+            overrides on :func:`default_mobilebert_base_config`, or the name or path of a config to load
+            (``offline:`` names resolved, as for the teacher).
+        data_args: the recipe's ``data`` section; ``max_position_embeddings`` is ``max(512, data_args.max_length)``.
+        vocab_size: the tokenizer's vocabulary size (default: BERT's 30522).
+        pad_token_id: the tokenizer's padding id (default 0).
+        label_names: the class names (``num_labels``, ``id2label``, ``label2id``); None: 2 unnamed classes
+            (the next-sentence classes of pretraining).
 
-def init_embeddings_from_teacher(student: Any, teacher: Any) -> bool:
-    """Initialise the student's word embeddings from the teacher's, projected by PCA to the student's width.
-
-    Only when both share the vocabulary (same number of rows). The projection (top principal directions
-    of the centred teacher embeddings, rescaled to the teacher's per-dimension standard deviation) is
-    computed once per (teacher, width) and reused by every trial. Returns whether it was applied.
+    Raises:
+        ConfigError: a base-config key the CLI derives (see ``DERIVED_BASE_CONFIG_KEYS``), a key that is not a
+            MobileBertConfig field, an invalid config, or a config name that cannot be read.
     """
-    import torch
-
-    s_emb, t_emb = student.get_input_embeddings(), teacher.get_input_embeddings()
-    if s_emb is None or t_emb is None or s_emb.weight.shape[0] != t_emb.weight.shape[0]:
-        logger.info("word embeddings not initialised from the teacher: the vocabularies differ")
-        return False
-    width = s_emb.weight.shape[1]
-    key = (id(teacher), width)
-    if key not in _PCA_CACHE:
-        weight = t_emb.weight.detach().float().cpu()
-        centred = weight - weight.mean(0, keepdim=True)
-        if width >= weight.shape[1]:
-            projected = torch.nn.functional.pad(centred, (0, width - weight.shape[1]))
-        else:
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(0)
-            _, _, v = torch.pca_lowrank(centred, q=width, center=False, niter=4)
-            torch.random.set_rng_state(generator_state)
-            projected = centred @ v[:, :width]
-            projected = projected / projected.std(0, keepdim=True).clamp_min(1e-6) * weight.std()
-        _PCA_CACHE.clear()
-        _PCA_CACHE[key] = projected
-    with torch.no_grad():
-        s_emb.weight.copy_(_PCA_CACHE[key].to(s_emb.weight.dtype))
-    return True
+    num_labels = len(label_names) if label_names else 2
+    if isinstance(model_args.base_config, str):
+        source = resolve_model_path(model_args.base_config)
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(
+                f"model.base_config {model_args.base_config!r} cannot be read ({first_line[:200]}); give a local "
+                "config directory, an offline: name, or a dict of MobileBERT overrides."
+            ) from None
+        config.num_labels = num_labels
+        if vocab_size is not None:
+            config.vocab_size = vocab_size
+    else:
+        overrides = dict(model_args.base_config or {})
+        known = _config_fields(MobileBertConfig()) | {"attn_implementation"}
+        for key in overrides:
+            if key in DERIVED_BASE_CONFIG_KEYS:
+                raise ConfigError(
+                    f"model.base_config.{key} is set from the tokenizer, the labels and data.max_length; remove it."
+                )
+            if key not in known:
+                suggestion = did_you_mean(str(key), sorted(known))
+                raise ConfigError(f"model.base_config: {key!r} is not a MobileBertConfig field.{suggestion}")
+        try:
+            config = default_mobilebert_base_config(
+                num_labels=num_labels, vocab_size=30522 if vocab_size is None else vocab_size,
+                pad_token_id=pad_token_id or 0, max_position_embeddings=max(512, data_args.max_length), **overrides,
+            )
+        except (InvalidArchitectureError, TypeError, ValueError) as error:
+            raise ConfigError(f"model.base_config is not a valid MobileBERT config: {error}") from None
+    if label_names:
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {name: i for i, name in enumerate(label_names)}
+    return config

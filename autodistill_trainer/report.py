@@ -1,12 +1,14 @@
 """Reports of a search: results table (CSV + Markdown), Pareto plot (PNG) and a model card (README.md).
 
-A result row (one trial) looks like::
+A result row (one trial, as ``AutoDistillation`` writes it) looks like::
 
-    {"number": 0, "arch": {"num_hidden_layers": 6, ...}, "metrics": {"accuracy": 0.8, "latency": 2.1},
-     "params": 2_740_000, "flops": 123_000_000, "state": "COMPLETE", "duration_s": 95.0,
-     "failure_reason": None, "pareto": True}
+    {"number": 0, "arch": {"num_hidden_layers": 6, ...}, "status": "trained", "state": "COMPLETE",
+     "metrics": {"accuracy": 0.8, "latency": 2.1}, "params": 2_740_000, "flops": 123_000_000, "latency": 2.1,
+     "duration_s": 95.0, "failure_reason": None, "worker": "host:1234"}
 
-Latency is in milliseconds throughout.
+``metrics`` is None for rows that were never trained (``invalid``, ``over_budget``); their ``latency`` is the
+profiled one. Latency is in milliseconds throughout. Plots are drawn on a ``matplotlib.figure.Figure`` with the Agg
+canvas: no pyplot, no process-wide backend change.
 """
 
 from __future__ import annotations
@@ -18,20 +20,18 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from .search import pareto_front
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_BASE_COLUMNS = ("number", "state")
-_TAIL_COLUMNS = ("params", "flops", "duration_s", "pareto", "failure_reason")
-_AXIS_LABELS = {
-    "latency": "Latency (ms)",
-    "latency_ms": "Latency (ms)",
-    "accuracy": "Accuracy",
-    "f1": "F1",
-    "params": "Parameters",
-    "flops": "FLOPs",
-}
+_AXIS_LABELS = {"latency": "Latency (ms)", "accuracy": "Accuracy", "f1": "F1", "mlm_accuracy": "MLM accuracy",
+                "params": "Parameters", "flops": "FLOPs"}
 _PERCENT_METRICS = {"accuracy", "f1", "precision", "recall", "mlm_accuracy"}
 
 
@@ -62,8 +62,7 @@ def _fmt_md(value: Any, column: str = "") -> str:
         if abs(value) >= 1000:
             return f"{value:,.0f}"
         return f"{value:.4g}" if abs(value) >= 1 else f"{value:.4f}"
-    text = str(value).replace("|", "\\|").replace("\n", " ")
-    return text
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _fmt_csv(value: Any) -> Any:
@@ -72,47 +71,33 @@ def _fmt_csv(value: Any) -> Any:
         return ""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
-    if isinstance(value, (dict, list, tuple)):
-        return repr(value)
     return value
 
 
 def _flatten(rows: list[dict]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Flatten ``arch`` into ``arch.<key>`` and ``metrics`` into their own columns; ordered column list."""
-    arch_keys: list[str] = []
+    """One flat dict per row and the column order: number, status, metrics, size, ``arch.<key>``, the rest.
+
+    ``latency`` is the measured metric of trained rows and the profiled latency of the others.
+    """
     metric_keys: list[str] = []
-    extra_keys: list[str] = []
-    known = set(_BASE_COLUMNS) | set(_TAIL_COLUMNS) | {"arch", "metrics"}
+    arch_keys: list[str] = []
+    for row in rows:
+        metric_keys += [k for k in (row["metrics"] or {}) if k not in metric_keys]
+        arch_keys += [k for k in row["arch"] if k not in arch_keys]
+    if "latency" not in metric_keys and any(row.get("latency") is not None for row in rows):
+        metric_keys.append("latency")
     flat_rows = []
     for row in rows:
-        flat: dict[str, Any] = {}
-        for key in _BASE_COLUMNS + _TAIL_COLUMNS:
-            flat[key] = row.get(key)
-        for key, value in (row.get("arch") or {}).items():
-            if key not in arch_keys:
-                arch_keys.append(key)
-            flat[f"arch.{key}"] = value
-        for key, value in (row.get("metrics") or {}).items():
-            if key not in metric_keys:
-                metric_keys.append(key)
-            flat[key if key not in known else f"metric.{key}"] = value
-        for key, value in row.items():
-            if key not in known and key not in metric_keys:  # e.g. a top-level copy of a metric (latency)
-                if key not in extra_keys:
-                    extra_keys.append(key)
-                flat[key] = value
+        flat = {"number": row["number"], "status": row["status"], "params": row.get("params"),
+                "flops": row.get("flops"), "duration_s": row.get("duration_s"), "worker": row.get("worker"),
+                "failure_reason": row.get("failure_reason")}
+        flat.update(row["metrics"] or {})
+        if flat.get("latency") is None:
+            flat["latency"] = row.get("latency")
+        flat.update({f"arch.{k}": v for k, v in row["arch"].items()})
         flat_rows.append(flat)
-    metric_cols = [k if k not in known else f"metric.{k}" for k in metric_keys]
-    columns = (
-        list(_BASE_COLUMNS)
-        + metric_cols
-        + [k for k in ("params", "flops") if any(r.get(k) is not None for r in rows)]
-        + [f"arch.{k}" for k in arch_keys]
-        + [k for k in ("duration_s",) if any(r.get(k) is not None for r in rows)]
-        + (["pareto"] if any("pareto" in r for r in rows) else [])
-        + extra_keys
-        + (["failure_reason"] if any(r.get("failure_reason") for r in rows) else [])
-    )
+    columns = ["number", "status", *metric_keys, "params", "flops", *(f"arch.{k}" for k in arch_keys), "duration_s"]
+    columns += [k for k in ("worker", "failure_reason") if any(flat.get(k) for flat in flat_rows)]
     return columns, flat_rows
 
 
@@ -124,14 +109,14 @@ def write_results_table(rows: list[dict], output_dir: PathLike) -> tuple[Path, P
 
     ``arch`` entries become ``arch.<key>`` columns and ``metrics`` entries their own columns (``accuracy``,
     ``latency`` in ms, ...). The CSV keeps 6 significant digits; the Markdown table is formatted for reading
-    (params/FLOPs as 2.74M, accuracies to 4 decimals).
+    (params/FLOPs as 2.74M, accuracies to 4 decimals, ``arch.`` dropped from the headers).
 
     Returns:
         ``(csv_path, markdown_path)``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: (r.get("number") is None, r.get("number", 0)))
+    rows = sorted(rows, key=lambda r: r["number"])
     columns, flat_rows = _flatten(rows)
 
     csv_path = output_dir / "search_results.csv"
@@ -142,17 +127,17 @@ def write_results_table(rows: list[dict], output_dir: PathLike) -> tuple[Path, P
             writer.writerow({c: _fmt_csv(flat.get(c)) for c in columns})
 
     md_path = output_dir / "search_results.md"
-    headers = [c.removeprefix("arch.") if c.startswith("arch.") else c for c in columns]
+    headers = [c.removeprefix("arch.") for c in columns]
     headers = [h if headers.count(h) == 1 else c for h, c in zip(headers, columns)]
-    headers = [f"{h} (ms)" if h in ("latency", "latency_ms") and "(ms)" not in h else h for h in headers]
+    headers = [f"{h} (ms)" if h == "latency" else h for h in headers]
     lines = [
         "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---:" if c not in ("state", "failure_reason") else "---" for c in columns) + "|",
+        "|" + "|".join("---" if c in ("status", "worker", "failure_reason") else "---:" for c in columns) + "|",
     ]
     for flat in flat_rows:
         lines.append("| " + " | ".join(_fmt_md(flat.get(c), c) for c in columns) + " |")
-    complete = sum(1 for r in rows if r.get("state") == "COMPLETE")
-    lines += ["", f"{len(rows)} trials, {complete} completed. Latency in ms."]
+    trained = sum(1 for r in rows if r["status"] == "trained")
+    lines += ["", f"{len(rows)} trials, {trained} trained. Latency in ms."]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     logger.info("Wrote search results (%d rows) to %s and %s", len(rows), csv_path, md_path)
     return csv_path, md_path
@@ -161,34 +146,33 @@ def write_results_table(rows: list[dict], output_dir: PathLike) -> tuple[Path, P
 # --------------------------------------------------------------------------------------------------- Pareto plot
 
 
-def _pareto_numbers(points: list[tuple[int, float, float]], minimize_x: bool = True, maximize_y: bool = True) -> set:
-    """Trial numbers of the non-dominated points (x minimised, y maximised by default)."""
-    sx = 1 if minimize_x else -1
-    sy = -1 if maximize_y else 1
-    front = set()
-    for n, x, y in points:
-        dominated = any(
-            (sx * x2 <= sx * x and sy * y2 <= sy * y) and (sx * x2 < sx * x or sy * y2 < sy * y)
-            for _, x2, y2 in points
-        )
-        if not dominated:
-            front.add(n)
-    return front
-
-
 def _axis_label(metric: str) -> str:
     return _AXIS_LABELS.get(metric, metric.replace("_", " ").capitalize())
 
 
 def _reference_point(ref: Optional[dict], x_metric: str, y_metric: str) -> Optional[tuple[float, float, str]]:
-    """A teacher/baseline dict: either flat {x_metric:.., y_metric:.., "label":..} or {"metrics": {...}}."""
+    """A teacher/baseline dict ``{x_metric: .., y_metric: .., "label": ..}`` as a point, or None."""
     if not ref:
         return None
-    values = ref.get("metrics", ref)
-    if values.get(x_metric) is None or values.get(y_metric) is None:
+    if ref.get(x_metric) is None or ref.get(y_metric) is None:
         logger.warning("Reference point %s lacks %s or %s; not plotted.", ref, x_metric, y_metric)
         return None
-    return float(values[x_metric]), float(values[y_metric]), str(ref.get("label", ""))
+    return float(ref[x_metric]), float(ref[y_metric]), str(ref.get("label", ""))
+
+
+def front_numbers(rows: list[dict], x_metric: str = "latency", y_metric: str = "accuracy") -> list[int]:
+    """Trial numbers of the trained rows on the Pareto front of (``x_metric`` minimised, ``y_metric`` maximised)."""
+    points = _plotted_points(rows, x_metric, y_metric)
+    return [points[i][0] for i in pareto_front([(x, y) for _, x, y in points], [False, True])]
+
+
+def _plotted_points(rows: list[dict], x_metric: str, y_metric: str) -> list[tuple[int, float, float]]:
+    points = []
+    for row in rows:
+        m = row["metrics"] or {}
+        if row["status"] == "trained" and m.get(x_metric) is not None and m.get(y_metric) is not None:
+            points.append((row["number"], float(m[x_metric]), float(m[y_metric])))
+    return points
 
 
 def plot_pareto_front(
@@ -200,45 +184,30 @@ def plot_pareto_front(
     teacher: Optional[dict] = None,
     baseline: Optional[dict] = None,
 ) -> Path:
-    """Plot every completed trial (x: ``x_metric``, y: ``y_metric``) and its Pareto front; save a PNG.
+    """Plot every trained trial (x: ``x_metric``, y: ``y_metric``) and its Pareto front; save a PNG.
 
     Args:
-        rows: result rows (see the module docstring); only ``state == "COMPLETE"`` rows with both metrics are drawn.
-        pareto_numbers: trial numbers on the front. Default: rows with ``pareto=True``, or else computed here
-            (``x_metric`` minimised, ``y_metric`` maximised).
-        teacher: ``{"latency": 18.6, "accuracy": 0.852, "label": "teacher (MiniLM-L6)"}`` (or with a nested
-            ``"metrics"`` dict) drawn as a labelled star.
+        rows: result rows (see the module docstring); only ``status == "trained"`` rows with both metrics are drawn.
+        pareto_numbers: trial numbers on the front (the search's own front); default :func:`front_numbers`.
+        teacher: ``{"latency": 18.6, "accuracy": 0.852, "label": "teacher (MiniLM-L6)"}``, drawn as a labelled star.
         baseline: the same for a student trained without distillation, drawn as a labelled diamond.
 
     Returns:
         The PNG path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
-
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    points = []
-    for row in rows:
-        m = row.get("metrics") or {}
-        if row.get("state", "COMPLETE") == "COMPLETE" and m.get(x_metric) is not None and m.get(y_metric) is not None:
-            points.append((row.get("number"), float(m[x_metric]), float(m[y_metric])))
-    if pareto_numbers is not None:
-        front_ids = set(pareto_numbers)
-    elif any("pareto" in r for r in rows):
-        front_ids = {r.get("number") for r in rows if r.get("pareto")}
-    else:
-        front_ids = _pareto_numbers(points)
+    points = _plotted_points(rows, x_metric, y_metric)
+    front_ids = set(front_numbers(rows, x_metric, y_metric) if pareto_numbers is None else pareto_numbers)
     front = sorted((p for p in points if p[0] in front_ids), key=lambda p: (p[1], p[2]))
     others = [p for p in points if p[0] not in front_ids]
 
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    fig = Figure(figsize=(7.5, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     if others:
         ax.scatter([p[1] for p in others], [p[2] for p in others], s=30, color="tab:gray", alpha=0.6,
-                   label=f"trials ({len(points)} completed)", zorder=2)
+                   label=f"trials ({len(points)} trained)", zorder=2)
     if front:
         ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="tab:blue", linewidth=1.5,
                 alpha=0.8, zorder=3)
@@ -246,15 +215,16 @@ def plot_pareto_front(
                    label=f"Pareto front ({len(front)})", zorder=4)
         for n, x, y in front:
             ax.annotate(f"#{n}", (x, y), textcoords="offset points", xytext=(5, -11), fontsize=8, color="tab:blue")
+    references = []
     for ref, marker, color, default_label in ((teacher, "*", "tab:red", "teacher"),
                                               (baseline, "D", "tab:green", "baseline (no distillation)")):
         point = _reference_point(ref, x_metric, y_metric)
         if point is None:
             continue
         x, y, label = point
-        label = label or default_label
+        references.append(y)
         ax.scatter([x], [y], marker=marker, s=220 if marker == "*" else 80, color=color, edgecolor="black",
-                   label=label, zorder=5)
+                   label=label or default_label, zorder=5)
         is_teacher = marker == "*"  # the teacher is usually the slowest point: label it on its left
         ax.annotate(default_label.split(" ")[0], (x, y), textcoords="offset points",
                     xytext=(-9, 7) if is_teacher else (7, 7), ha="right" if is_teacher else "left",
@@ -262,8 +232,7 @@ def plot_pareto_front(
 
     ax.set_xlabel(_axis_label(x_metric))
     ax.set_ylabel(_axis_label(y_metric))
-    all_y = [p[2] for p in points] + [pt[1] for pt in (_reference_point(r, x_metric, y_metric)
-                                                        for r in (teacher, baseline)) if pt]
+    all_y = [p[2] for p in points] + references
     if y_metric in _PERCENT_METRICS and all_y and max(all_y) <= 1.0:
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.set_title(f"Architecture search: {_axis_label(y_metric).lower()} vs {_axis_label(x_metric).lower()}")
@@ -272,10 +241,9 @@ def plot_pareto_front(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=9)
     if not points:
-        ax.text(0.5, 0.5, "no completed trials", transform=ax.transAxes, ha="center", va="center")
+        ax.text(0.5, 0.5, "no trained trials", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
     fig.savefig(output_path, format="png")
-    plt.close(fig)
     logger.info("Wrote Pareto plot (%d trials, %d on the front) to %s", len(points), len(front), output_path)
     return output_path
 
@@ -284,7 +252,7 @@ def plot_pareto_front(
 
 
 def _metric_row(name: str, student: Any, teacher: Any) -> str:
-    label = {"latency": "latency (ms)", "latency_ms": "latency (ms)"}.get(name, name)
+    label = "latency (ms)" if name == "latency" else name
     column = "params" if name in ("params", "flops") else name
     return f"| {label} | {_fmt_md(student, column)} | {_fmt_md(teacher, column)} |"
 
@@ -298,6 +266,7 @@ def write_model_card(
     base_model: Optional[str],
     model_id: Optional[str] = None,
     pipeline_tag: str = "text-classification",
+    majority_class_rate: Optional[float] = None,
 ) -> Path:
     """Write ``README.md`` (a Hugging Face model card) for the distilled student in ``output_dir``.
 
@@ -313,6 +282,8 @@ def write_model_card(
         model_id: the id or path to show in the usage snippet (default: ``output_dir``).
         pipeline_tag: ``"text-classification"`` (a classifier) or ``"fill-mask"`` (a pretraining student: its
             ``*ForPreTraining`` checkpoint loads with ``AutoModelForMaskedLM``); sets the metadata and the snippet.
+        majority_class_rate: the share of the validation set's most frequent class; when student and teacher both
+            score exactly that accuracy, the card says nothing was learned instead of an "accuracy retained" ratio.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -336,15 +307,19 @@ def write_model_card(
     names = list(metrics) + [k for k in teacher_metrics if k not in metrics]
     lines += ["| metric | student | teacher |", "|---|---:|---:|"]
     lines += [_metric_row(n, metrics.get(n), teacher_metrics.get(n)) for n in names]
-    s_lat = metrics.get("latency", metrics.get("latency_ms"))
-    t_lat = teacher_metrics.get("latency", teacher_metrics.get("latency_ms"))
+    s_lat, t_lat = metrics.get("latency"), teacher_metrics.get("latency")
     notes = []
     if s_lat and t_lat:
         notes.append(f"- Speed-up over the teacher: **{float(t_lat) / float(s_lat):.1f}x** (latency ratio).")
     if metrics.get("params") and teacher_metrics.get("params"):
         notes.append(f"- Size: {float(metrics['params']) / float(teacher_metrics['params']):.1%} of the teacher's "
                      "parameters.")
-    if metrics.get("accuracy") is not None and teacher_metrics.get("accuracy"):
+    if majority_class_rate is not None and all(
+            m.get("accuracy") is not None and abs(float(m["accuracy"]) - majority_class_rate) <= 1e-6
+            for m in (metrics, teacher_metrics)):
+        notes.append(f"- **All models predict the majority class ({majority_class_rate:.1%}): nothing was learned.** "
+                     "Train longer, or check the data and labels.")
+    elif metrics.get("accuracy") is not None and teacher_metrics.get("accuracy"):
         notes.append(f"- Accuracy retained: {float(metrics['accuracy']) / float(teacher_metrics['accuracy']):.1%} "
                      "of the teacher's.")
     if notes:

@@ -13,19 +13,16 @@ from transformers import (
 
 from helpers import random_batch, tiny_bert_config, tiny_mobilebert_config
 from autodistill_trainer.builders import (
-    ARCH_KEYS,
     apply_architecture,
     build_model,
     check_architecture,
     default_mobilebert_base_config,
     enumerate_valid_architectures,
+    student_base_config,
 )
+from autodistill_trainer.configs.sections import DataArguments, ModelArguments
+from autodistill_trainer.embedding_init import TeacherEmbeddingProjection, init_embeddings_from_teacher
 from autodistill_trainer.errors import ConfigError, InvalidArchitectureError
-
-
-def test_arch_keys_are_mobilebert_config_fields():
-    fields = tiny_mobilebert_config().to_dict()
-    assert set(ARCH_KEYS) <= set(fields)
 
 
 def test_heads_not_dividing_true_hidden_size_raise_with_numbers():
@@ -33,12 +30,9 @@ def test_heads_not_dividing_true_hidden_size_raise_with_numbers():
         apply_architecture(tiny_mobilebert_config(), {"num_attention_heads": 3})
 
 
-def test_rejected_heads_really_fail_at_forward_time_in_mobilebert():
-    config = tiny_mobilebert_config(num_attention_heads=3)  # MobileBERT builds it without complaint
-    with pytest.raises(InvalidArchitectureError):
-        check_architecture(config)
-    with pytest.raises(RuntimeError):
-        MobileBertForSequenceClassification(config)(input_ids=torch.ones(1, 4, dtype=torch.long))
+def test_check_architecture_rejects_a_config_built_with_bad_heads():
+    with pytest.raises(InvalidArchitectureError, match="valid head counts: \\[1, 2, 4, 8\\]"):
+        check_architecture(tiny_mobilebert_config(num_attention_heads=3))
 
 
 def test_heads_are_checked_against_bottleneck_not_hidden_size():
@@ -162,3 +156,74 @@ def test_enumerate_valid_architectures_splits_grid_with_reasons():
 def test_enumerate_valid_architectures_rejects_unknown_key():
     with pytest.raises(ConfigError, match="num_heads"):
         enumerate_valid_architectures({"num_heads": [2]}, tiny_mobilebert_config())
+
+
+def test_student_base_config_sets_overrides_labels_and_tokenizer_facts():
+    config = student_base_config(ModelArguments(base_config={"num_hidden_layers": 2, "embedding_size": 32}),
+                                 DataArguments(max_length=600), vocab_size=100, pad_token_id=3,
+                                 label_names=["neg", "neutral", "pos"])
+    assert (config.num_hidden_layers, config.embedding_size, config.vocab_size, config.pad_token_id) == (2, 32, 100, 3)
+    assert config.max_position_embeddings == 600 and config.num_labels == 3
+    assert config.id2label == {0: "neg", 1: "neutral", 2: "pos"} and config.label2id["pos"] == 2
+    default = student_base_config(ModelArguments(), DataArguments(max_length=64))
+    assert (default.num_labels, default.vocab_size, default.max_position_embeddings) == (2, 30522, 512)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_labels": 3}, "model.base_config.num_labels is set from the tokenizer"),
+    ({"hiden_size": 64}, "'hiden_size' is not a MobileBertConfig field. Did you mean: 'hidden_size'"),
+    ({"num_attention_heads": 3}, "model.base_config is not a valid MobileBERT config: num_attention_heads=3"),
+])
+def test_student_base_config_refuses_bad_overrides(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(".", "\\.")):
+        student_base_config(ModelArguments(base_config=overrides), DataArguments())
+
+
+def test_student_base_config_resolves_offline_names_like_the_teacher():
+    config = student_base_config(ModelArguments(base_config="offline:all-MiniLM-L6-v2"), DataArguments(),
+                                 label_names=["a", "b", "c"])
+    assert config.model_type == "bert" and config.num_labels == 3 and config.id2label[2] == "c"
+
+
+def test_student_base_config_unreadable_name_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="model.base_config .*cannot be read"):
+        student_base_config(ModelArguments(base_config=str(tmp_path / "missing")), DataArguments())
+
+
+class _Teacher(torch.nn.Module):
+    def __init__(self, seed: int, vocab: int = 50, width: int = 16):
+        super().__init__()
+        self.embeddings = torch.nn.Embedding(vocab, width)
+        torch.nn.init.normal_(self.embeddings.weight, generator=torch.Generator().manual_seed(seed))
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+
+def test_embedding_projection_is_computed_once_per_width_by_its_owner():
+    teacher = _Teacher(0)
+    projection = TeacherEmbeddingProjection(teacher)
+    first = projection(4)
+    assert first.shape == (50, 4) and projection(4) is first  # reused by every later trial
+    assert projection(24).shape == (50, 24) and torch.equal(projection(24)[:, 16:], torch.zeros(50, 8))
+    other = TeacherEmbeddingProjection(_Teacher(1))  # another teacher never gets this one's projection
+    assert not torch.allclose(other(4).abs(), first.abs())
+
+
+def test_projection_is_deterministic_and_leaves_the_global_rng_alone():
+    projection = TeacherEmbeddingProjection(_Teacher(0))
+    state = torch.random.get_rng_state()
+    a = projection(4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.allclose(TeacherEmbeddingProjection(_Teacher(0))(4), a)
+
+
+def test_init_embeddings_copies_the_projection_only_for_the_same_vocabulary():
+    projection = TeacherEmbeddingProjection(_Teacher(0))
+    student = MobileBertForSequenceClassification(tiny_mobilebert_config(vocab_size=50))
+    assert init_embeddings_from_teacher(student, projection)
+    assert torch.equal(student.get_input_embeddings().weight, projection(8))
+    other = MobileBertForSequenceClassification(tiny_mobilebert_config())  # vocabulary of 100
+    before = other.get_input_embeddings().weight.clone()
+    assert not init_embeddings_from_teacher(other, projection)
+    assert torch.equal(other.get_input_embeddings().weight, before)

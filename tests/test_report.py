@@ -1,61 +1,93 @@
-"""Results table, Pareto plot and model card."""
+"""Results table, Pareto front and plot, model card."""
 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
-from autodistill_trainer.report import plot_pareto_front, write_model_card, write_results_table
+from autodistill_trainer.report import front_numbers, plot_pareto_front, write_model_card, write_results_table
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _rows():
+    """Rows as the search writes them: four trained (#2 dominated by #1), one invalid with a profiled latency."""
     rows = []
     for i, (acc, lat) in enumerate([(0.75, 1.8), (0.78, 2.5), (0.77, 3.1), (0.80, 4.0)]):
         rows.append({
-            "number": i,
-            "arch": {"num_hidden_layers": 4 + i, "hidden_size": 128, "num_attention_heads": 2},
-            "metrics": {"accuracy": acc, "latency": lat},
-            "params": 2_740_000 + i,
-            "flops": 123_456_789,
-            "state": "COMPLETE",
-            "duration_s": 95.25,
-            "failure_reason": None,
-            "pareto": i != 2,
+            "number": i, "arch": {"num_hidden_layers": 4 + i, "hidden_size": 128, "num_attention_heads": 2},
+            "status": "trained", "state": "COMPLETE", "metrics": {"accuracy": acc, "latency": lat},
+            "params": 2_740_000 + i, "flops": 123_456_789, "latency": lat, "duration_s": 95.25,
+            "failure_reason": None, "worker": "host:1",
         })
     rows.append({
-        "number": 4, "arch": {"num_hidden_layers": 4, "hidden_size": 100, "num_attention_heads": 3}, "metrics": {},
-        "params": None, "flops": None, "state": "FAIL", "duration_s": 0.01,
-        "failure_reason": "3 heads do not divide 100",
+        "number": 4, "arch": {"num_hidden_layers": 4, "hidden_size": 100, "num_attention_heads": 3},
+        "status": "invalid", "state": "PRUNED", "metrics": None, "params": None, "flops": None, "latency": None,
+        "duration_s": 0.01, "failure_reason": "3 heads do not divide 100", "worker": "host:1",
     })
     return rows
 
 
-def test_results_table_files_contain_every_row(tmp_path):
-    csv_path, md_path = write_results_table(_rows(), tmp_path)
+def test_results_table_has_one_row_per_trial_with_metrics_arch_and_reasons(tmp_path):
+    rows = _rows()
+    csv_path, md_path = write_results_table(list(reversed(rows)), tmp_path)
+    with open(csv_path) as f:
+        reader = csv.DictReader(f)
+        records = list(reader)
+        header = reader.fieldnames
+    assert header == ["number", "status", "accuracy", "latency", "params", "flops", "arch.num_hidden_layers",
+                      "arch.hidden_size", "arch.num_attention_heads", "duration_s", "worker", "failure_reason"]
+    assert [r["number"] for r in records] == ["0", "1", "2", "3", "4"]  # sorted by trial number
+    assert records[3] == {"number": "3", "status": "trained", "accuracy": "0.8", "latency": "4", "params": "2740003",
+                          "flops": "123456789", "arch.num_hidden_layers": "7", "arch.hidden_size": "128",
+                          "arch.num_attention_heads": "2", "duration_s": "95.25", "worker": "host:1",
+                          "failure_reason": ""}
+    assert records[4]["status"] == "invalid" and records[4]["accuracy"] == ""
+    assert records[4]["failure_reason"] == "3 heads do not divide 100"
+    lines = md_path.read_text().splitlines()
+    assert lines[0] == ("| number | status | accuracy | latency (ms) | params | flops | num_hidden_layers | hidden_size"
+                        " | num_attention_heads | duration_s | worker | failure_reason |")
+    assert lines[2] == "| 0 | trained | 0.7500 | 1.8 | 2.74M | 123M | 4 | 128 | 2 | 95.2 | host:1 |  |"
+    assert lines[6].endswith("| 3 heads do not divide 100 |")
+    assert lines[-1] == "5 trials, 4 trained. Latency in ms."
+
+
+def test_untrained_rows_show_their_profiled_latency(tmp_path):
+    rows = _rows()
+    rows[4].update(status="over_budget", latency=9.5, failure_reason="latency 9.5 ms > max_latency_ms 5")
+    csv_path, _ = write_results_table(rows, tmp_path)
     with open(csv_path) as f:
         records = list(csv.DictReader(f))
-    assert [r["number"] for r in records] == ["0", "1", "2", "3", "4"]
-    assert records[3]["accuracy"] == "0.8" and records[3]["arch.num_hidden_layers"] == "7"
-    assert records[4]["state"] == "FAIL" and records[4]["failure_reason"] == "3 heads do not divide 100"
-    md = md_path.read_text()
-    table_lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert len(table_lines) == 1 + 5  # header + rows
-    assert "latency (ms)" in table_lines[0] and "num_hidden_layers" in table_lines[0]
-    assert "2.74M" in md and "3 heads do not divide 100" in md
+    assert records[4]["latency"] == "9.5" and records[4]["accuracy"] == ""
+
+
+def test_front_is_the_non_dominated_trained_trials():
+    assert front_numbers(_rows()) == [0, 1, 3]  # 2 (0.77 at 3.1 ms) is dominated by 1 (0.78 at 2.5 ms)
+    rows = _rows()
+    rows[0]["metrics"] = {"accuracy": 0.81, "latency": 1.0}  # now dominates every other trial
+    assert front_numbers(rows) == [0]
 
 
 def test_pareto_plot_is_a_png(tmp_path):
     path = plot_pareto_front(
-        _rows(), tmp_path / "pareto.png",
+        _rows(), tmp_path / "sub" / "pareto.png",
         teacher={"latency": 18.6, "accuracy": 0.852, "label": "teacher"},
-        baseline={"metrics": {"latency": 2.2, "accuracy": 0.754}},
+        baseline={"latency": 2.2, "accuracy": 0.754, "label": "baseline"},
     )
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path == tmp_path / "sub" / "pareto.png" and path.read_bytes()[:8] == PNG
 
 
-def test_pareto_plot_computes_front_when_not_given(tmp_path):
-    rows = [{k: v for k, v in r.items() if k != "pareto"} for r in _rows()]
-    path = plot_pareto_front(rows, tmp_path / "sub" / "front.png")
-    assert path.is_file() and path.stat().st_size > 0
+def test_plotting_leaves_matplotlib_global_state_alone(tmp_path):
+    code = (
+        "import sys, matplotlib; matplotlib.use('svg'); from autodistill_trainer.report import plot_pareto_front; "
+        f"plot_pareto_front([], {str(tmp_path / 'p.png')!r}); "
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); "
+        "assert 'matplotlib.pyplot' not in sys.modules; print('ok')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+    assert (tmp_path / "p.png").read_bytes()[:8] == PNG
 
 
 def test_model_card_has_arch_metrics_and_pipeline_snippet(tmp_path):
@@ -76,14 +108,17 @@ def test_model_card_has_arch_metrics_and_pipeline_snippet(tmp_path):
     for key, value in arch.items():
         assert f"| {key} | {value} |" in card
     assert f'pipeline("text-classification", model="{tmp_path}")' in card
-    assert "8.5x" in card  # 18.6 / 2.2
-    assert "0.7910" in card and "0.8520" in card
-    assert "BO" in card and "recipes/demo.yaml" in card
+    assert "**8.5x**" in card  # 18.6 / 2.2
+    assert "| accuracy | 0.7910 | 0.8520 |" in card and "| latency (ms) | 2.2 | 18.6 |" in card
+    assert "Accuracy retained: 92.8% of the teacher's." in card  # 0.791 / 0.852
+    assert "- Search algorithm: BO" in card and "- Recipe: `recipes/demo.yaml`" in card
 
 
-def test_a_metric_also_at_the_top_level_of_a_row_gets_one_column(tmp_path):
-    rows = [{"number": 0, "state": "COMPLETE", "arch": {"hidden_size": 64}, "metrics": {"accuracy": 0.8, "latency": 2.0},
-             "latency": 2.0, "params": 10, "status": "trained"}]
-    _, md_path = write_results_table(rows, tmp_path)
-    header = md_path.read_text().splitlines()[0]
-    assert header.count("latency") == 1 and "status" in header
+def test_model_card_says_nothing_was_learned_when_every_model_scores_the_majority_rate(tmp_path):
+    card = write_model_card(
+        tmp_path, {"hidden_size": 64}, metrics={"accuracy": 0.578, "latency": 2.0},
+        teacher_metrics={"accuracy": 0.578, "latency": 10.0}, search_summary={}, base_model=None,
+        majority_class_rate=0.578,
+    ).read_text()
+    assert "All models predict the majority class (57.8%): nothing was learned." in card
+    assert "retained" not in card

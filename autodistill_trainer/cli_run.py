@@ -1,0 +1,288 @@
+"""The CLI's :func:`run`: a loaded recipe run in numbered steps that call the library, like Transformers'
+``run_glue.py`` main. No process-wide settings here: :func:`autodistill_trainer.cli.main` makes those."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import transformers
+from transformers import Trainer, set_seed
+
+from .builders import build_model, student_base_config
+from .configs.autodistillation import AutoDistillationConfig
+from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_teacher
+from .errors import ConfigError
+from .cli_summary import format_summary, majority_class_rate, no_trained_message, pick_metrics, trial_counts
+from .data import tokenize_dataset
+from .metrics import build_compute_metrics, build_preprocess_logits_for_metrics
+from .profiling import profile_model
+from .recipe import Recipe
+from .report import plot_pareto_front, write_model_card, write_results_table
+from .schedule import resolve_flash_config
+from .run_dir import (
+    NonFiniteModelError, OutputDirError, OutputDirLock, atomic_write_json, check_output_dir, claim_output_dir,
+    commit_output_dir, export_best_model, run_fingerprint,
+)
+from .tasks import Task, TeacherSetup, get_task
+from .teacher import load_tokenizer
+from .teacher_cache import TeacherOutputCache
+from .trainer import DistillationTrainer, arch_slug
+
+logger = logging.getLogger("autodistill_trainer.cli")
+
+__all__ = ["run"]
+
+
+def run(recipe: Recipe) -> int:
+    """Run a loaded recipe: output directory, data, teacher, students, search, baseline, reports."""
+    start = time.time()
+    config = _autodistillation_config(recipe)
+    task = get_task(recipe.data.task)
+    data, teacher_args, evaluation = recipe.data, recipe.teacher, recipe.evaluation
+    training = recipe.training
+    if not torch.cuda.is_available() and not training.use_cpu:
+        # Without use_cpu, accelerate runs CPU processes without DDP: ranks would drift apart.
+        training = dataclasses.replace(training, use_cpu=True)
+    output_dir, is_main = training.output_dir, training.process_index == 0
+
+    # 1. Output directory: checked, locked and bound to this run's inputs before anything heavy is loaded.
+    with _claimed_output_dir(output_dir, run_fingerprint(data, teacher_args, config.search), is_main):
+        set_seed(training.seed)
+
+        # 2. Data, the teacher's tokenizer, tokenized data (cached in output_dir).
+        with training.main_process_first(desc="loading data"):
+            raw, label_names = task.load_data(data, training.seed)
+        for split, limit in (("train", data.max_train_samples), ("validation", data.max_eval_samples)):
+            if limit:
+                raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+        teacher_source = teacher_args.model_name_or_path or teacher_args.pretrained_encoder
+        tokenizer = load_tokenizer(teacher_source, trust_remote_code=teacher_args.trust_remote_code)
+        with training.main_process_first(desc="tokenizing"):
+            tokenized = tokenize_dataset(raw, tokenizer, data.max_length, cache_dir=os.path.join(output_dir, "cache"))
+        collator = task.build_collator(tokenizer)
+        compute_metrics = build_compute_metrics(evaluation.metrics)
+        preprocess_logits = build_preprocess_logits_for_metrics(evaluation.metrics)  # MLM: argmax ids, not logits
+        profile = _profiler(evaluation, evaluation.latency_seq_length or data.max_length)
+
+        # 3. Teacher: loaded, or fine-tuned once (cached in output_dir/teacher); evaluated and profiled.
+        teacher, teacher_metrics = task.load_teacher(teacher_args, TeacherSetup(
+            label_names, tokenized["train"], tokenized["validation"], output_dir, collator, tokenizer, compute_metrics))
+        if teacher_metrics is None:
+            teacher_metrics = _evaluate(teacher, training, tokenized["validation"], collator, compute_metrics,
+                                        preprocess_logits)
+        teacher.eval()
+        teacher_metrics.update(profile(teacher))
+        logger.info("Teacher: %s", pick_metrics(teacher_metrics, task.score_key))
+        if is_main:  # inputs validated, teacher ready: bind the directory for good, replace the resolved recipe
+            commit_output_dir(output_dir)
+            atomic_write_json(os.path.join(output_dir, "recipe.resolved.json"), recipe.raw)
+
+        # 4. Students: one base config (the recipe's overrides on the built-in MobileBERT one) + each architecture.
+        base_config = student_base_config(recipe.model, data, vocab_size=len(tokenizer),
+                                          pad_token_id=tokenizer.pad_token_id, label_names=label_names)
+        model_cls = getattr(transformers, recipe.model.student_class)
+        projection = TeacherEmbeddingProjection(teacher) if recipe.model.init_embeddings_from_teacher else None
+
+        def model_builder(arch: dict[str, Any]) -> torch.nn.Module:
+            student = build_model(model_cls, base_config, arch, seed=training.seed, attn_implementation="eager")
+            if projection is not None:
+                init_embeddings_from_teacher(student, projection)
+            return student
+
+        teacher_cache = None
+        if teacher_args.cache_outputs and task.caches_teacher_outputs:
+            teacher_cache = TeacherOutputCache(
+                teacher, os.path.join(output_dir, "cache"), collator, max_bytes=teacher_args.cache_max_gb * 1e9,
+                batch_size=training.per_device_eval_batch_size, main_process_first=training.main_process_first,
+            )
+        elif teacher_args.cache_outputs:
+            logger.info("teacher.cache_outputs does not apply to the %s task.", task.name)
+
+        # 5. Search: each trial builds, profiles, distils (flash then regular) and evaluates a student.
+        result = _search(recipe, task, training, teacher, model_builder, profile, tokenized, collator, tokenizer,
+                         compute_metrics, preprocess_logits, teacher_cache, base_config, model_cls)
+        if result.best_model_arch is None:
+            if is_main:
+                print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)
+            return _finish_distributed(1)
+
+        # 6. Baseline: the best architecture trained on labels only, as long as the distillation ran (all ranks).
+        baseline_metrics = None
+        if recipe.baseline.enabled:
+            baseline_metrics = _train_baseline(recipe, config, training, model_builder, result.best_model_arch,
+                                               teacher, tokenized, collator, compute_metrics, preprocess_logits)
+        if not is_main:
+            return _finish_distributed(0)
+
+        # 7. Reports and the exported best model (finite weights only; only our own files are replaced).
+        best_row, score_key = result.best_row, task.score_key
+        student_metrics = {**best_row["metrics"], "params": best_row.get("params"), "flops": best_row.get("flops")}
+        if baseline_metrics is not None:  # same architecture: the search's latency, params and FLOPs
+            baseline_metrics.update({k: student_metrics.get(k) for k in ("latency", "params", "flops")})
+        write_results_table(result.rows, output_dir)
+        plot_pareto_front(
+            result.rows, os.path.join(output_dir, "pareto_front.png"),
+            pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key,
+            teacher={"latency": teacher_metrics["latency"], score_key: teacher_metrics.get(score_key),
+                     "label": "teacher"},
+            baseline=baseline_metrics and {"latency": baseline_metrics["latency"], score_key:
+                                           baseline_metrics.get(score_key), "label": "best arch, no distillation"},
+        )
+        majority = majority_class_rate(tokenized["validation"]) if score_key == "accuracy" else None
+        counts = trial_counts(result.rows)
+        card = {
+            "algorithm": config.search.search_algorithm, "n_trials": counts["trained"], "completed": counts["complete"],
+            "objectives": dict(zip(config.search.metrics, config.search.directions)), "recipe": recipe.path,
+            "dataset": data.dataset_name or data.train_file, "best_trial": best_row["number"],
+            "distillation": " + ".join(name for name, phase in (("flash", config.flash_distillation),
+                                                                ("regular", config.regular_distillation)) if phase),
+            "latency_protocol": f"batch {evaluation.latency_batch_size} x "
+                                f"{evaluation.latency_seq_length or data.max_length} tokens, "
+                                f"{evaluation.latency_num_threads} thread(s), median of {evaluation.latency_repeats}",
+            "baseline_without_distillation": baseline_metrics and pick_metrics(baseline_metrics, score_key),
+        }
+        try:
+            best_dir = export_best_model(result.best_model_dir, output_dir, lambda staging: write_model_card(
+                staging, result.best_model_arch, student_metrics, teacher_metrics, card, base_model=teacher_source,
+                model_id=os.path.join(output_dir, "best_model"), pipeline_tag=task.pipeline_tag,
+                majority_class_rate=majority))
+        except NonFiniteModelError as error:
+            print(f"error: the best model (trial #{best_row['number']}, {result.best_model_dir}) was not exported: "
+                  f"{error}; lower the learning rate or temperature and rerun.", file=sys.stderr)
+            return _finish_distributed(1)
+        summary = {
+            "teacher": pick_metrics(teacher_metrics), "best_student": {"arch": result.best_model_arch,
+                                                                       **pick_metrics(student_metrics)},
+            "baseline_without_distillation": baseline_metrics and pick_metrics(baseline_metrics),
+            "speedup": teacher_metrics["latency"] / student_metrics["latency"], "trials": counts,
+            "max_trials": config.search.max_trials, "majority_class_rate": majority,
+            "wall_time_s": time.time() - start, "best_model": best_dir,
+        }
+        atomic_write_json(os.path.join(output_dir, "summary.json"), summary)
+        print(format_summary(summary, score_key, output_dir))
+        return _finish_distributed(0)
+
+
+def _autodistillation_config(recipe: Recipe) -> AutoDistillationConfig:
+    """The recipe's typed AutoDistillation config."""
+    # TODO(merge): `return recipe.autodistillation` once the configs branch gives Recipe that typed field.
+    typed = getattr(recipe, "autodistillation", None)
+    return typed if typed is not None else AutoDistillationConfig.from_design(recipe.autodistillation_config)
+
+
+@contextlib.contextmanager
+def _claimed_output_dir(output_dir: str, fingerprint: dict[str, Any], is_main: bool) -> Iterator[None]:
+    """Check, lock and claim ``output_dir`` on the main process; every process raises its error alike."""
+    lock = OutputDirLock(output_dir)
+    error = None
+    if is_main:
+        try:
+            check_output_dir(output_dir)
+            lock.acquire()
+            claim_output_dir(output_dir, fingerprint)
+        except ConfigError as exc:
+            error = str(exc)
+        except OSError as exc:  # unwritable, full disk, ...: one line
+            error = f"output_dir {output_dir!r} cannot be written ({exc.strerror or exc}): give a writable directory."
+    error = _broadcast(error)
+    try:
+        if error is not None:
+            raise OutputDirError(error)
+        yield
+    finally:
+        lock.release()
+
+
+def _profiler(evaluation: Any, seq_length: int) -> Callable[[torch.nn.Module], dict[str, Any]]:
+    def profile(model: torch.nn.Module) -> dict[str, Any]:
+        return profile_model(
+            model, batch_size=evaluation.latency_batch_size, seq_length=seq_length,
+            num_threads=evaluation.latency_num_threads, warmup=evaluation.latency_warmup,
+            repeats=evaluation.latency_repeats,
+        )
+
+    return profile
+
+
+def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_metrics: Any,
+              preprocess_logits: Any) -> dict[str, Any]:
+    evaluator = Trainer(model=model, args=dataclasses.replace(training, report_to=[]), eval_dataset=dataset,
+                        data_collator=collator, compute_metrics=compute_metrics,
+                        preprocess_logits_for_metrics=preprocess_logits)
+    return {k.removeprefix("eval_"): v for k, v in evaluator.evaluate().items()}
+
+
+def _search(recipe: Recipe, task: Task, training: Any, teacher: Any, model_builder: Callable, profile: Callable,
+            tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any, preprocess_logits: Any,
+            teacher_cache: Any, base_config: Any, model_cls: type) -> SimpleNamespace:
+    """Run the OOB search; returns the fields of ``AutoDistillationResult`` the CLI reads."""
+    # TODO(merge): with the search branch this whole function becomes
+    #   _, result = run_autodistillation(OOBContext(args=training, train_dataset=tokenized["train"], ...),
+    #                                    teacher, config, model_builder=model_builder, profile_func=profile)
+    # (no host student or criterion, and result.best_model_dir instead of the arch_slug path below).
+    trainer = DistillationTrainer(
+        model=model_cls(base_config), teacher_model=teacher, args=training, train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
+        compute_metrics=compute_metrics, teacher_dtype=recipe.teacher.dtype, teacher_cache=teacher_cache,
+        preprocess_logits_for_metrics=preprocess_logits, criterion=task.search_criterion,
+    )
+    trainer.autodistillation_config = recipe.autodistillation_config
+    best_arch = trainer.autodistillation(teacher, model_builder=model_builder, profile_func=profile)
+    agent = trainer.autodistillation_agent
+    rows = agent.search_result
+    best_row = next((r for r in rows if r.get("state") == "COMPLETE" and r["arch"] == best_arch), None)
+    best_dir = None
+    if best_arch is not None:
+        best_dir = os.path.join(training.output_dir, "trials",
+                                arch_slug({k: best_arch[k] for k in agent.search_space}), "model")
+    return SimpleNamespace(best_model_arch=best_arch, best_model_dir=best_dir, best_row=best_row,
+                           pareto_front=agent.pareto_front, rows=rows)
+
+
+def _train_baseline(recipe: Recipe, config: AutoDistillationConfig, training: Any, model_builder: Callable,
+                    arch: dict[str, Any], teacher: Any, tokenized: Any, collator: Any, compute_metrics: Any,
+                    preprocess_logits: Any) -> dict[str, Any]:
+    """Train ``arch`` on labels only (plain Trainer) for as many steps as the distillation took."""
+    flash, regular = config.flash_distillation, config.regular_distillation
+    model = model_builder(arch)
+    steps = recipe.baseline.train_steps
+    if steps is None:
+        steps = regular.train_steps if regular else 0
+        if flash is not None:
+            steps += sum(s.train_steps for s in resolve_flash_config(flash, model, teacher).stages())
+    lr = regular.learning_rate if regular and regular.learning_rate else training.learning_rate
+    args = dataclasses.replace(training, max_steps=steps, learning_rate=lr,
+                               output_dir=os.path.join(training.output_dir, "baseline"), eval_strategy="no")
+    logger.info("Baseline: training the best architecture on labels only for %d steps", steps)
+    baseline = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
+                       data_collator=collator, compute_metrics=compute_metrics,
+                       preprocess_logits_for_metrics=preprocess_logits)
+    baseline.train()
+    metrics = {k.removeprefix("eval_"): v for k, v in baseline.evaluate().items()}
+    metrics["train_steps"] = steps
+    return metrics
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's value on every rank (identity outside distributed runs)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def _finish_distributed(status: int) -> int:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return status
