@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import time
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -27,15 +26,17 @@ from .metrics import build_compute_metrics, build_preprocess_logits_for_metrics
 from .profiling import profile_model
 from .recipe import Recipe
 from .report import plot_pareto_front, write_model_card, write_results_table
-from .schedule import resolve_flash_config
+from .guards import teacher_in_dtype
+from .schedule import plan_stages
+from .search import AutoDistillationResult
+from .search.oob import OOBContext, run_autodistillation
 from .run_dir import (
     NonFiniteModelError, OutputDirError, OutputDirLock, atomic_write_json, check_output_dir, claim_output_dir,
     commit_output_dir, export_best_model, run_fingerprint,
 )
-from .tasks import Task, TeacherSetup, get_task
+from .tasks import TeacherSetup, get_task
 from .teacher import load_tokenizer
 from .teacher_cache import TeacherOutputCache
-from .trainer import DistillationTrainer, arch_slug
 
 logger = logging.getLogger("autodistill_trainer.cli")
 
@@ -98,6 +99,7 @@ def run(recipe: Recipe) -> int:
                 init_embeddings_from_teacher(student, projection)
             return student
 
+        teacher = teacher_in_dtype(teacher, teacher_args.dtype)  # for distillation; measured above as loaded
         teacher_cache = None
         if teacher_args.cache_outputs and task.caches_teacher_outputs:
             teacher_cache = TeacherOutputCache(
@@ -108,8 +110,8 @@ def run(recipe: Recipe) -> int:
             logger.info("teacher.cache_outputs does not apply to the %s task.", task.name)
 
         # 5. Search: each trial builds, profiles, distils (flash then regular) and evaluates a student.
-        result = _search(recipe, task, training, teacher, model_builder, profile, tokenized, collator, tokenizer,
-                         compute_metrics, preprocess_logits, teacher_cache, base_config, model_cls)
+        result = _search(config, training, teacher, model_builder, profile, tokenized, collator, tokenizer,
+                         compute_metrics, preprocess_logits, teacher_cache)
         if result.best_model_arch is None:
             if is_main:
                 print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)
@@ -221,31 +223,17 @@ def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_me
     return {k.removeprefix("eval_"): v for k, v in evaluator.evaluate().items()}
 
 
-def _search(recipe: Recipe, task: Task, training: Any, teacher: Any, model_builder: Callable, profile: Callable,
-            tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any, preprocess_logits: Any,
-            teacher_cache: Any, base_config: Any, model_cls: type) -> SimpleNamespace:
-    """Run the OOB search; returns the fields of ``AutoDistillationResult`` the CLI reads."""
-    # TODO(merge): with the search branch this whole function becomes
-    #   _, result = run_autodistillation(OOBContext(args=training, train_dataset=tokenized["train"], ...),
-    #                                    teacher, config, model_builder=model_builder, profile_func=profile)
-    # (no host student or criterion, and result.best_model_dir instead of the arch_slug path below).
-    trainer = DistillationTrainer(
-        model=model_cls(base_config), teacher_model=teacher, args=training, train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
-        compute_metrics=compute_metrics, teacher_dtype=recipe.teacher.dtype, teacher_cache=teacher_cache,
-        preprocess_logits_for_metrics=preprocess_logits, criterion=task.search_criterion,
+def _search(config: AutoDistillationConfig, training: Any, teacher: Any, model_builder: Callable,
+            profile: Callable, tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any,
+            preprocess_logits: Any, teacher_cache: Any) -> AutoDistillationResult:
+    """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation."""
+    context = OOBContext(
+        args=training, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
+        data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits, teacher_cache=teacher_cache,
     )
-    trainer.autodistillation_config = recipe.autodistillation_config
-    best_arch = trainer.autodistillation(teacher, model_builder=model_builder, profile_func=profile)
-    agent = trainer.autodistillation_agent
-    rows = agent.search_result
-    best_row = next((r for r in rows if r.get("state") == "COMPLETE" and r["arch"] == best_arch), None)
-    best_dir = None
-    if best_arch is not None:
-        best_dir = os.path.join(training.output_dir, "trials",
-                                arch_slug({k: best_arch[k] for k in agent.search_space}), "model")
-    return SimpleNamespace(best_model_arch=best_arch, best_model_dir=best_dir, best_row=best_row,
-                           pareto_front=agent.pareto_front, rows=rows)
+    _, result = run_autodistillation(context, teacher, config, model_builder=model_builder, profile_func=profile)
+    return result
 
 
 def _train_baseline(recipe: Recipe, config: AutoDistillationConfig, training: Any, model_builder: Callable,
@@ -256,9 +244,7 @@ def _train_baseline(recipe: Recipe, config: AutoDistillationConfig, training: An
     model = model_builder(arch)
     steps = recipe.baseline.train_steps
     if steps is None:
-        steps = regular.train_steps if regular else 0
-        if flash is not None:
-            steps += sum(s.train_steps for s in resolve_flash_config(flash, model, teacher).stages())
+        steps = sum(stage.steps for stage in plan_stages(flash, regular, model, teacher))
     lr = regular.learning_rate if regular and regular.learning_rate else training.learning_rate
     args = dataclasses.replace(training, max_steps=steps, learning_rate=lr,
                                output_dir=os.path.join(training.output_dir, "baseline"), eval_strategy="no")

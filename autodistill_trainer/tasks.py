@@ -49,8 +49,6 @@ class Task:
         build_collator: ``tokenizer -> data collator``.
         load_teacher: ``(teacher_args, setup) -> (teacher, its validation metrics or None)``; None means the caller
             evaluates it.
-        search_criterion: the criterion of the trainer that hosts the search (each stage builds its own), or None
-            for :class:`~autodistill_trainer.DistillationTrainer`'s default (``logits`` to ``logits``).
     """
 
     name: str
@@ -60,7 +58,6 @@ class Task:
     load_data: Callable[[Any, int], tuple[Any, Optional[list[str]]]]
     build_collator: Callable[[Any], Any]
     load_teacher: Callable[[Any, TeacherSetup], tuple[PreTrainedModel, Optional[dict[str, float]]]]
-    search_criterion: Optional[dict[str, Any]] = None
 
 
 def _classification_data(data: Any, seed: int) -> tuple[Any, list[str]]:
@@ -117,8 +114,6 @@ TASKS: dict[str, Task] = {
         # the collator masks tokens anew for every batch: cached teacher outputs would not match the inputs
         caches_teacher_outputs=False, load_data=_pretraining_data, build_collator=_pretraining_collator,
         load_teacher=_pretraining_teacher,
-        # *ForPreTraining models name their MLM logits `prediction_logits`
-        search_criterion={"layer_mappings": [("", "prediction_logits", "", "prediction_logits")], "loss_types": ["KL"]},
     ),
 }
 

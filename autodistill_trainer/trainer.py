@@ -108,12 +108,3 @@ class DistillationTrainer(StageTrainer):
         )
         self.autodistillation_agent = agent
         return result
-
-
-#: Keys of `Trainer.evaluate()` that describe the evaluation run rather than the model.
-_EVALUATION_BOOKKEEPING = {"runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time"}
-
-
-def arch_slug(arch: Mapping[str, Any]) -> str:
-    """A directory name for an architecture: its search-space values, ``hidden_size-128_...``."""
-    return "_".join(f"{k}-{v}" for k, v in arch.items()) or "model"

@@ -16,8 +16,6 @@ def test_each_task_names_its_score_card_tag_and_cache_rule():
         "accuracy", "text-classification", True)
     assert (pretraining.score_key, pretraining.pipeline_tag, pretraining.caches_teacher_outputs) == (
         "mlm_accuracy", "fill-mask", False)  # MLM masks anew every batch: cached teacher outputs would not match
-    assert classification.search_criterion is None
-    assert pretraining.search_criterion["layer_mappings"] == [("", "prediction_logits", "", "prediction_logits")]
 
 
 def test_collators_follow_the_task():
