@@ -211,8 +211,8 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
-    if origin is typing.Literal:
-        return value in typing.get_args(annotation)
+    if origin is typing.Literal:  # the type here; the dataclass names the allowed values
+        return any(type(value) is type(arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
     if origin in (list, tuple):

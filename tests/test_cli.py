@@ -105,7 +105,7 @@ def test_overrides_reach_nested_and_unambiguous_keys():
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
 def test_every_shipped_recipe_validates(name):
     recipe = load_recipe(str(ROOT / "recipes" / name))
-    assert recipe.autodistillation_config["search"]["search_space"]
+    assert recipe.autodistillation.search.search_space
     text = (ROOT / "recipes" / name).read_text()
     assert "Expected:" in text or "Hardware and time" in text or "expects" in text.lower(), "state hardware and time"
 

@@ -63,7 +63,7 @@ def finite_number(value: Any, key: str, *, minimum: float | None = None, maximum
             low = "-inf" if minimum is None else f"{minimum:g}"
             high = "inf" if maximum is None else f"{maximum:g}"
             what = f"a finite number in {'(' if exclusive_minimum else '['}{low}, {high}]"
-        raise ConfigError(f"{key} must be {what}{' (or null)' if optional else ''}{hint}, got {shown(value)}.")
+        raise ConfigError(f"{key} must be {what}{' or null' if optional else ''}{hint}, got {shown(value)}.")
     return value
 
 
@@ -99,7 +99,7 @@ def integer(value: Any, key: str, *, minimum: int | None = None, maximum: int | 
             bound = f"an {what} >= {minimum}"
         else:
             bound = f"an {what} in [{'-inf' if minimum is None else minimum}, {maximum}]"
-        raise ConfigError(f"{key} must be {bound}{' (or null)' if optional else ''}{hint}, got {shown(value)}.")
+        raise ConfigError(f"{key} must be {bound}{' or null' if optional else ''}{hint}, got {shown(value)}.")
     return value
 
 
@@ -126,7 +126,7 @@ def non_empty_str(value: Any, key: str, *, optional: bool = False) -> Any:
     if value is None and optional:
         return value
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key} must be a non-empty string{' (or null)' if optional else ''}, got {shown(value)}.")
+        raise ConfigError(f"{key} must be a non-empty string{' or null' if optional else ''}, got {shown(value)}.")
     return value
 
 

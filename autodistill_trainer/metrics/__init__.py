@@ -7,7 +7,7 @@
 works with ``HF_HUB_OFFLINE=1`` in evaluate 0.4.6).
 
 Any other name is a metric *script* (a local path, or a Hub metric) that ``evaluate.load`` imports, running its
-code: it is loaded only with ``trust_remote_code=True`` (in a recipe:
+code: it is loaded only when ``trust_remote_code`` is true (in a recipe:
 ``auto_distillation.evaluation.trust_remote_code``).
 A metric with a configuration is written ``"name:config"`` in lists (e.g. ``"glue:sst2"``) or passed as
 ``load_metric("glue", "sst2")``.
@@ -75,7 +75,7 @@ def load_metric(name: str, config_name: Optional[str] = None, *, trust_remote_co
     if not trust_remote_code:
         raise ConfigError(
             f"metric {name[:80]!r} is not shipped ({', '.join(SHIPPED_METRICS)}); loading it imports and runs its "
-            "script: pass trust_remote_code=True (recipe: auto_distillation.evaluation.trust_remote_code: true) to "
+            "script: pass trust_remote_code (recipe: auto_distillation.evaluation.trust_remote_code: true) to "
             "allow it." + did_you_mean(name, SHIPPED_METRICS)
         )
     import evaluate
