@@ -56,7 +56,7 @@ from .configs.autodistillation import AutoDistillationConfig
 from .configs.distillation import parse_distillation
 from .configs.search import SearchConfig, parse_search_config
 from .configs.sections import BaselineArguments, DataArguments, EvaluationArguments, ModelArguments, TeacherArguments
-from .configs.training import check_training_arguments
+from .configs.training import check_training_values
 from .configs.yaml_loader import yaml_error_message, yaml_load
 from .errors import ConfigError, did_you_mean
 
@@ -286,10 +286,7 @@ def _check_search_metrics(search: SearchConfig, evaluation: EvaluationArguments)
 def _build_training_arguments(train: Any, output_dir: str, where: str) -> "TrainingArguments":
     from transformers import TrainingArguments
 
-    if not isinstance(train, Mapping):
-        raise ConfigError(f"{where} must be a mapping of TrainingArguments, got {checks.shown(train)}.")
     args = _parse_section(TrainingArguments, {**train, "output_dir": output_dir}, where)
-    check_training_arguments(args, where)
     validation.check_report_to(args, where)
     return args
 
@@ -317,7 +314,7 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
             raise ConfigError(f"auto_distillation: unknown key {checks.shown(key)}."
                               f"{did_you_mean(str(key), AUTO_DISTILLATION_KEYS)}")
 
-    # 1. Plain values, section by section (no transformers import, no file access).
+    # 1. Plain values, section by section (no torch or transformers import).
     model = _parse_section(ModelArguments, data.get("model"), "model")
     teacher = _parse_section(TeacherArguments, data.get("teacher"), "teacher")
     if bool(teacher.model_name_or_path) == bool(teacher.pretrained_encoder):
@@ -336,11 +333,17 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
     if "search" not in auto:
         raise ConfigError("auto_distillation.search is required (search_space at least).")
     search = parse_search_config({"search": auto["search"]})
-    flash, regular = parse_distillation(auto.get("flash_distillation"), auto.get("regular_distillation"))
-    if flash is None and regular is None:
-        raise ConfigError("auto_distillation: give flash_distillation, regular_distillation or both.")
-    autodistillation = AutoDistillationConfig(search=search, flash_distillation=flash, regular_distillation=regular)
     _check_search_metrics(search, evaluation)
+    train = auto.get("train") or {}
+    if not isinstance(train, Mapping):
+        raise ConfigError(f"auto_distillation.train must be a mapping of TrainingArguments, got {checks.shown(train)}.")
+    if "output_dir" in train:
+        raise ConfigError("auto_distillation.train.output_dir: set output_dir at the top level of the recipe.")
+    if "output_dir" in teacher.finetune:
+        raise ConfigError("teacher.finetune.output_dir: the teacher is fine-tuned under output_dir/teacher-finetune; "
+                          "remove it.")
+    check_training_values(train, "auto_distillation.train")
+    check_training_values(teacher.finetune, "teacher.finetune")
     output_dir = data.get("output_dir")
     if output_dir is None:
         output_dir = os.path.join("outputs", model.name)
@@ -351,13 +354,11 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
     if search.storage is not None:
         validation.check_storage_url(search.storage, "auto_distillation.search.storage")
 
-    # 2. TrainingArguments (imports transformers), for the distillation runs and the teacher's fine-tuning.
-    train = auto.get("train") or {}
-    if isinstance(train, Mapping) and "output_dir" in train:
-        raise ConfigError("auto_distillation.train.output_dir: set output_dir at the top level of the recipe.")
-    if "output_dir" in teacher.finetune:
-        raise ConfigError("teacher.finetune.output_dir: the teacher is fine-tuned under output_dir/teacher-finetune; "
-                          "remove it.")
+    # 2. The distillation phases (layer mappings import torch), then TrainingArguments (imports transformers).
+    flash, regular = parse_distillation(auto.get("flash_distillation"), auto.get("regular_distillation"))
+    if flash is None and regular is None:
+        raise ConfigError("auto_distillation: give flash_distillation, regular_distillation or both.")
+    autodistillation = AutoDistillationConfig(search=search, flash_distillation=flash, regular_distillation=regular)
     training = _build_training_arguments(train, output_dir, "auto_distillation.train")
     _build_training_arguments(teacher.finetune, os.path.join(output_dir, "teacher-finetune"), "teacher.finetune")
 

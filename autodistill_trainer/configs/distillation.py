@@ -37,12 +37,18 @@ AUTO = "auto"
 MappingSpec = Union["LayerMapping", tuple, list, dict]
 
 
-def _check_loss_names(value: Any) -> None:
-    """Every loss name (nested lists allowed) is registered; the registry lives with the torch losses."""
-    from ..losses import get_loss_class
+#: Losses shipped in :mod:`autodistill_trainer.losses` (upper case); other names are looked up in its registry.
+BUILTIN_LOSSES = frozenset({"MSE", "L1", "COS", "KL", "CE"})
 
+
+def _check_loss_names(value: Any) -> None:
+    """Every loss name (nested lists allowed) is registered; the registry lives with the torch losses, imported only
+    for names that are not built in (custom losses registered with ``@register_loss``)."""
     for name in _flatten(value):
-        get_loss_class(name)
+        if not (isinstance(name, str) and name.upper() in BUILTIN_LOSSES):
+            from ..losses import get_loss_class
+
+            get_loss_class(name)
 
 
 def _flatten(value: Any):

@@ -1,38 +1,59 @@
-"""Checks of ``transformers.TrainingArguments`` values that would only fail (or silently misbehave) when training.
+"""Range checks of ``transformers.TrainingArguments`` values (the recipe's ``auto_distillation.train`` and
+``teacher.finetune``) that would only fail, or silently misbehave, when training.
 
-``TrainingArguments`` is transformers' own dataclass (the recipe's ``auto_distillation.train`` and
-``teacher.finetune``); its ``__post_init__`` checks types and combinations but accepts, e.g., a negative or
-infinite learning rate, zero batch sizes and seeds that numpy refuses later.
+``TrainingArguments``' own ``__post_init__`` checks types and combinations but accepts, e.g., a negative or infinite
+learning rate, zero batch sizes and seeds that numpy refuses later. The checks run on the recipe's plain values,
+before ``transformers`` is imported, so a bad value is refused in milliseconds; a value of the wrong type is left to
+the typed parse, which names the expected type.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
 from . import checks
 
 
-def check_training_arguments(args: Any, where: str) -> None:
-    """Values of a parsed ``TrainingArguments``: positive finite rates, batch sizes, steps, epochs; valid seeds.
+def _max_steps(value: Any, key: str) -> None:
+    if value == 0 or value < -1:
+        raise ConfigError(f"{key} must be a positive number of steps (or -1 to train num_train_epochs), "
+                          f"got {checks.shown(value)}.")
+
+
+_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "learning_rate": checks.positive_number,
+    "weight_decay": checks.non_negative_number,
+    "max_grad_norm": checks.non_negative_number,
+    "adam_beta1": checks.probability,
+    "adam_beta2": checks.probability,
+    "adam_epsilon": checks.positive_number,
+    "num_train_epochs": checks.positive_number,
+    "per_device_train_batch_size": checks.positive_int,
+    "per_device_eval_batch_size": checks.positive_int,
+    "gradient_accumulation_steps": checks.positive_int,
+    "max_steps": _max_steps,
+    "logging_steps": checks.positive_number,
+    "eval_steps": checks.positive_number,
+    "save_steps": checks.positive_number,
+    "warmup_steps": checks.non_negative_number,
+    "seed": checks.seed,
+    "data_seed": checks.seed,
+}
+
+
+def check_training_values(values: Mapping[str, Any], where: str) -> None:
+    """Check the numeric ``TrainingArguments`` values given in `values` (a recipe mapping), naming ``where.<key>``.
+
+    Values that are not numbers (``None``, strings, lists) are skipped: their type is checked when
+    ``TrainingArguments`` is built.
 
     Raises:
-        ConfigError: naming ``where.<field>``.
+        ConfigError: a value out of range or not finite.
     """
-    checks.positive_number(args.learning_rate, f"{where}.learning_rate")
-    checks.non_negative_number(args.weight_decay, f"{where}.weight_decay")
-    checks.non_negative_number(args.max_grad_norm, f"{where}.max_grad_norm", optional=True)
-    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        checks.positive_int(getattr(args, key), f"{where}.{key}")
-    steps = args.max_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps == 0 or steps < -1:
-        raise ConfigError(f"{where}.max_steps must be a positive number of steps (or -1 to train num_train_epochs), "
-                          f"got {checks.shown(steps)}.")
-    if steps == -1:
-        checks.positive_number(args.num_train_epochs, f"{where}.num_train_epochs")
-    for key in ("logging_steps", "eval_steps", "save_steps"):
-        checks.positive_number(getattr(args, key, None), f"{where}.{key}", optional=True)
-    checks.non_negative_number(args.warmup_steps, f"{where}.warmup_steps", optional=True)
-    checks.seed(args.seed, f"{where}.seed")
-    if args.data_seed is not None:
-        checks.seed(args.data_seed, f"{where}.data_seed")
+    for key, check in _CHECKS.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check(value, f"{where}.{key}")
+    if values.get("max_steps", -1) == -1 and values.get("num_train_epochs") is not None:
+        checks.positive_number(values["num_train_epochs"], f"{where}.num_train_epochs")
