@@ -129,6 +129,23 @@ def test_search_metric_that_nothing_produces_is_refused():
     assert build_recipe(mutated("auto_distillation.search.metrics", ["eval_accuracy", "params"]))
 
 
+@pytest.mark.parametrize("mapping,side", [
+    (["", "logitz", "", "logits"], "student side"),
+    (["", "logits", "", "prediction_logits"], "teacher side"),
+])
+def test_a_mapping_whose_output_key_does_not_exist_is_refused(mapping, side):
+    recipe = mutated("auto_distillation.regular_distillation.layer_mappings_for_knowledge_transfer", [mapping])
+    key = mapping[1] if side == "student side" else mapping[3]
+    message = rejects(recipe, f"regular_distillation.layer_mappings_for_knowledge_transfer[0] ({side}): ")
+    assert f"output has no key {key!r}" in message and "'logits'" in message
+
+
+def test_a_mapping_on_output_keys_that_exist_is_accepted():
+    recipe = mutated("auto_distillation.regular_distillation.layer_mappings_for_knowledge_transfer",
+                     [["", "logits", "", "logits"]])
+    assert build_recipe(recipe).autodistillation.regular_distillation.mappings()[0].student_process == "logits"
+
+
 def test_report_to_an_integration_that_is_not_installed_is_refused():
     import importlib.util
 

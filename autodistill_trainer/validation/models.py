@@ -184,12 +184,38 @@ def _structural_arch(search_space: Mapping[str, list]) -> dict[str, Any]:
     return arch
 
 
-def _module_names_on_meta(build: Any) -> set[str]:
+def _module_names_on_meta(build: Any) -> tuple[set[str], type]:
     import torch
 
     with torch.device("meta"):
         model = build()
-    return {name for name, _ in model.named_modules()}
+    return {name for name, _ in model.named_modules()}, type(model)
+
+
+def output_fields(cls: type) -> list[str] | None:
+    """Fields of the ``ModelOutput`` that ``cls.forward`` returns (from its return annotation), or None if unknown."""
+    import dataclasses
+    import typing
+
+    try:
+        returned = typing.get_type_hints(cls.forward).get("return")
+    except (NameError, TypeError, AttributeError):  # unresolvable annotations: the keys cannot be checked
+        return None
+    outputs = [a for a in (typing.get_args(returned) or (returned,)) if dataclasses.is_dataclass(a)]
+    return [f.name for a in outputs for f in dataclasses.fields(a)] if outputs else None
+
+
+def _check_output_keys(keys: list[tuple[Any, str]], cls: type | None, role: str) -> None:
+    """Keys selected from the whole model's output (layer ``''``) exist in its ``ModelOutput``."""
+    fields = output_fields(cls) if cls is not None else None
+    if fields is None:
+        return
+    for key, where in keys:
+        if isinstance(key, str) and key and not key.lstrip("-").isdigit() and key not in fields:
+            raise ConfigError(
+                f"{where}: {role} output has no key {checks.shown(key)} ({cls.__name__} returns {fields})."
+                f"{did_you_mean(key, fields)}"
+            )
 
 
 def student_module_names(cls: Any, base_config: Any, search_space: Mapping[str, list]) -> set[str] | None:
@@ -200,13 +226,19 @@ def student_module_names(cls: Any, base_config: Any, search_space: Mapping[str, 
         config.true_hidden_size = config.intra_bottleneck_size if config.use_bottleneck else config.hidden_size
     try:
         return _module_names_on_meta(
-            lambda: cls.from_config(config) if not hasattr(cls, "config_class") else cls(config))
+            lambda: cls.from_config(config) if not hasattr(cls, "config_class") else cls(config))[0]
     except Exception as error:  # names cannot be checked; the trials report the real problem
         logger.info("could not instantiate the student on the meta device (%s); skipping the module-name check", error)
         return None
 
 
 def teacher_module_names(teacher: Any, task: str = "text-classification") -> set[str] | None:
+    """Module names of the teacher built from its config on the meta device (None when it cannot be built)."""
+    found = _teacher_on_meta(teacher, task)
+    return found[0] if found is not None else None
+
+
+def _teacher_on_meta(teacher: Any, task: str) -> tuple[set[str], type] | None:
     from transformers import AutoConfig, AutoModelForPreTraining, AutoModelForSequenceClassification
 
     auto_cls = AutoModelForPreTraining if task == "pretraining" else AutoModelForSequenceClassification
@@ -234,6 +266,8 @@ def check_module_names(flash: Any, regular: Any, model: Any, teacher: Any, data:
     """Hand-written block names and mappings against the modules of a meta-device student and teacher."""
     student_names: list[tuple[str, str]] = []  # (name, where)
     teacher_names: list[tuple[str, str]] = []
+    student_keys: list[tuple[Any, str]] = []  # (output key of the whole model, where)
+    teacher_keys: list[tuple[Any, str]] = []
     if flash is not None and not flash.is_auto:
         for i, stage in enumerate(flash.stages()):
             student_names += [(p, f"flash_distillation.block_names[{i}]") for p in stage.block_prefixes]
@@ -246,18 +280,25 @@ def check_module_names(flash: Any, regular: Any, model: Any, teacher: Any, data:
             where = f"regular_distillation.layer_mappings_for_knowledge_transfer[{j}]"
             student_names.append((m.student_layer, f"{where} (student side)"))
             teacher_names.append((m.teacher_layer, f"{where} (teacher side)"))
+            if not m.student_layer:
+                student_keys.append((m.student_process, f"{where} (student side)"))
+            if not m.teacher_layer:
+                teacher_keys.append((m.teacher_process, f"{where} (teacher side)"))
     student_names = [(n, w) for n, w in student_names if n]  # '' is the whole model
     teacher_names = [(n, w) for n, w in teacher_names if n]
-    if student_names:
+    if student_names or student_keys:
         cls = student_class(model.student_class)
+        _check_output_keys(student_keys, cls, f"the student ({cls.__name__})")
+    if student_names:
         base = build_student_base_config(model, data)
         known = student_module_names(cls, base, search_space) if base is not None else None
         if known is not None:
             _check_names(student_names, known, f"the student ({cls.__name__})")
-    if teacher_names:
-        known = teacher_module_names(teacher, getattr(data, "task", "text-classification"))
-        if known is not None:
-            _check_names(teacher_names, known, "the teacher")
+    if teacher_names or teacher_keys:
+        found = _teacher_on_meta(teacher, getattr(data, "task", "text-classification"))
+        if found is not None:
+            _check_names(teacher_names, found[0], "the teacher")
+            _check_output_keys(teacher_keys, found[1], "the teacher")
 
 
 def _check_names(names: list[tuple[str, str]], known: set[str], role: str) -> None:
