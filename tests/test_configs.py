@@ -32,8 +32,7 @@ def test_every_config_documents_its_fields(cls):
     assert "Args:" in cls.__doc__
     for f in dataclasses.fields(cls):
         assert f.name in cls.__doc__, f"{cls.__name__}.{f.name} is not in the Args docstring"
-        if cls is not AutoDistillationConfig:
-            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
         assert "Any" not in str(f.type), f"{cls.__name__}.{f.name}: {f.type}"
 
 
@@ -126,6 +125,8 @@ def test_auto_distillation_config_from_design_parses_once():
     config = AutoDistillationConfig.from_design(design)
     assert config.flash_distillation.train_steps == 5 and config.regular_distillation.train_steps == 7
     assert AutoDistillationConfig.from_design(config) is config
+    with pytest.raises(ConfigError, match="use AutoDistillationConfig.from_design"):
+        AutoDistillationConfig(search={"search_space": SPACE})
 
 
 def test_checks_helpers_refuse_bools_and_non_finite_numbers():
