@@ -107,6 +107,8 @@ class SearchConfig:
 
 
 _SEARCH_KEYS = [f.name for f in dataclasses.fields(SearchConfig)]
+#: Kept for ``autodistill_trainer/search.py``, which imports it from here; new code uses ``checks.is_number``.
+_is_number = checks.is_number
 
 
 def _check_search_space(space: Any) -> dict[str, list[Any]]:
