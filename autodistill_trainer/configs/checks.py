@@ -8,7 +8,8 @@ All checks refuse booleans where a number is expected (``True`` is an ``int`` in
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+import reprlib
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -26,8 +27,6 @@ def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
 
 def reprlib_safe(value: Any) -> str:
     """``repr`` of containers built lazily enough that a huge value is not formatted whole."""
-    import reprlib
-
     short = reprlib.Repr()
     short.maxlist = short.maxtuple = short.maxdict = short.maxset = 8
     short.maxstring = short.maxother = MAX_SHOWN_CHARS
@@ -127,16 +126,6 @@ def non_empty_str(value: Any, key: str, *, optional: bool = False) -> Any:
         return value
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key} must be a non-empty string{' or null' if optional else ''}, got {shown(value)}.")
-    return value
-
-
-def one_of(value: Any, key: str, choices: Iterable[str]) -> str:
-    """One of `choices` (exact)."""
-    from ..errors import did_you_mean
-
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(f"{key} is {shown(value)}; use one of {choices}.{did_you_mean(str(value), choices)}")
     return value
 
 

@@ -64,9 +64,11 @@ def _check_common(config: Any, phase: str) -> None:
     steps = config.train_steps
     if isinstance(steps, (list, tuple)) and not steps:
         raise ConfigError(f"{phase}.train_steps is an empty list; give a positive number of steps (or one per block).")
-    for item in steps if isinstance(steps, (list, tuple)) else [steps]:
-        checks.positive_int(item, f"{phase}.train_steps", what="integer number of steps (or a list of them)",
-                            hint="" if item is steps else f" in {checks.shown(steps)}")
+    if isinstance(steps, (list, tuple)):
+        for i, item in enumerate(steps):
+            checks.positive_int(item, f"{phase}.train_steps[{i}]", what="integer number of steps")
+    else:
+        checks.positive_int(steps, f"{phase}.train_steps", what="integer number of steps (or a list of them)")
     origin = config.add_origin_loss
     if not all(isinstance(o, bool) for o in (origin if isinstance(origin, (list, tuple)) else [origin])):
         raise ConfigError(f"{phase}.add_origin_loss must be true/false (or a list of them per block), "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from . import checks
 
 #: Shortest ``data.max_length``: two text tokens plus [CLS]/[SEP] (three special tokens for sentence pairs).
@@ -115,8 +115,6 @@ class TeacherArguments:
         checks.boolean(self.trust_remote_code, "teacher.trust_remote_code")
         checks.boolean(self.cache_outputs, "teacher.cache_outputs")
         if self.dtype is not None and self.dtype not in TEACHER_DTYPES:
-            from ..errors import did_you_mean
-
             raise ConfigError(
                 f"teacher.dtype {checks.shown(self.dtype)} is not a floating dtype; use float32, float16 or bfloat16 "
                 "(or null)." + did_you_mean(str(self.dtype), ["float32", "float16", "bfloat16"])
@@ -166,7 +164,9 @@ class DataArguments:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the validation set."})
 
     def __post_init__(self) -> None:
-        checks.one_of(self.task, "data.task", DATA_TASKS)
+        if self.task not in DATA_TASKS:
+            raise ConfigError(f"data.task {checks.shown(self.task)} is not supported; use one of {list(DATA_TASKS)}."
+                              + did_you_mean(str(self.task), DATA_TASKS))
         checks.integer(self.max_length, "data.max_length", minimum=MIN_MAX_LENGTH, maximum=MAX_SEQ_LENGTH,
                        hint=f" (at least {MIN_MAX_LENGTH}: two text tokens plus the [CLS]/[SEP] special tokens, "
                             "three for sentence pairs)")
