@@ -186,6 +186,17 @@ def test_malformed_storage_urls_are_refused_at_validation(url, expected):
     rejects(mutated("auto_distillation.search.storage", url), expected)
 
 
+@pytest.mark.parametrize("url,reason", [
+    ("postgresql+psycopg2://bad/db", "could not translate host name"),
+    ("postgresql+psycopg2://u@127.0.0.1:1/db", "Connection refused"),
+])
+def test_a_database_that_cannot_be_reached_is_reported_once_at_validation(url, reason):
+    pytest.importorskip("psycopg2")
+    message = rejects(mutated("auto_distillation.search.storage", url), f"auto_distillation.search.storage {url!r}: "
+                      "cannot connect (")
+    assert reason in message and "start the database server" in message
+
+
 def test_sqlite_storage_in_an_existing_directory_is_accepted(tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     assert build_recipe(mutated("auto_distillation.search.storage", url)).autodistillation.search.storage == url
