@@ -46,7 +46,7 @@ __all__ = ["run"]
 def run(recipe: Recipe) -> int:
     """Run a loaded recipe: output directory, data, teacher, students, search, baseline, reports."""
     start = time.time()
-    config = _autodistillation_config(recipe)
+    config = recipe.autodistillation
     task = get_task(recipe.data.task)
     data, teacher_args, evaluation = recipe.data, recipe.teacher, recipe.evaluation
     training = recipe.training
@@ -70,7 +70,8 @@ def run(recipe: Recipe) -> int:
         with training.main_process_first(desc="tokenizing"):
             tokenized = tokenize_dataset(raw, tokenizer, data.max_length, cache_dir=os.path.join(output_dir, "cache"))
         collator = task.build_collator(tokenizer)
-        compute_metrics = build_compute_metrics(evaluation.metrics)
+        compute_metrics = build_compute_metrics(evaluation.metrics,
+                                                trust_remote_code=evaluation.trust_remote_code)
         preprocess_logits = build_preprocess_logits_for_metrics(evaluation.metrics)  # MLM: argmax ids, not logits
         profile = _profiler(evaluation, evaluation.latency_seq_length or data.max_length)
 
@@ -172,13 +173,6 @@ def run(recipe: Recipe) -> int:
         atomic_write_json(os.path.join(output_dir, "summary.json"), summary)
         print(format_summary(summary, score_key, output_dir))
         return _finish_distributed(0)
-
-
-def _autodistillation_config(recipe: Recipe) -> AutoDistillationConfig:
-    """The recipe's typed AutoDistillation config."""
-    # TODO(merge): `return recipe.autodistillation` once the configs branch gives Recipe that typed field.
-    typed = getattr(recipe, "autodistillation", None)
-    return typed if typed is not None else AutoDistillationConfig.from_design(recipe.autodistillation_config)
 
 
 @contextlib.contextmanager

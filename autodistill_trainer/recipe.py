@@ -1,9 +1,13 @@
 """Recipes: the design's AutoDistillation YAML plus teacher, data and baseline sections.
 
-A recipe is read with ``yaml.safe_load`` and validated as a whole before any model or dataset is
-loaded: unknown or misspelled keys (with a suggestion), wrong types, non-positive steps or trials,
-an empty search space, list lengths that disagree, unknown loss types or search algorithms all raise
-:class:`~autodistill_trainer.errors.ConfigError` naming the key and how to fix it.
+A recipe is read with :class:`~autodistill_trainer.configs.yaml_loader.RecipeLoader` (a ``yaml.SafeLoader`` that
+also refuses duplicate keys, alias bombs and deep nesting) and validated as a whole before any model or dataset is
+loaded: unknown or misspelled keys (with a suggestion), wrong types, non-finite or out-of-range numbers, an empty
+search space, list lengths that disagree, unknown loss types or search algorithms all raise
+:class:`~autodistill_trainer.errors.ConfigError` naming the key and how to fix it. Every section becomes a typed
+object (:class:`Recipe`); the ``auto_distillation`` design keys become one
+:class:`~autodistill_trainer.configs.AutoDistillationConfig`. Cheap checks run first; ``transformers`` is imported
+for ``TrainingArguments`` and the meta-device model checks only once everything else is valid.
 
 Layout (every section optional but ``auto_distillation.search``)::
 
@@ -41,19 +45,23 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
 
-from .configs.distillation import parse_distillation
-from .configs.sections import BaselineArguments, DataArguments, EvaluationArguments, ModelArguments, TeacherArguments
-from .errors import ConfigError, did_you_mean
 from . import validation
+from .configs import checks
+from .configs.autodistillation import AutoDistillationConfig
+from .configs.distillation import parse_distillation
 from .configs.search import SearchConfig, parse_search_config
-from .validation import yaml_error_message, yaml_load
+from .configs.sections import BaselineArguments, DataArguments, EvaluationArguments, ModelArguments, TeacherArguments
+from .configs.training import check_training_values
+from .configs.yaml_loader import yaml_error_message, yaml_load
+from .errors import ConfigError, did_you_mean
 
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 SECTION_CLASSES = {
     "model": ModelArguments,
@@ -67,17 +75,29 @@ TOP_LEVEL_KEYS = (*SECTION_CLASSES, "auto_distillation", "output_dir")
 
 @dataclass
 class Recipe:
-    """A validated recipe."""
+    """A validated recipe: one typed object per section.
+
+    Args:
+        model: the ``model`` section.
+        teacher: the ``teacher`` section.
+        data: the ``data`` section.
+        baseline: the ``baseline`` section.
+        evaluation: ``auto_distillation.evaluation``.
+        training: ``auto_distillation.train`` (with the top-level ``output_dir``) as ``TrainingArguments``.
+        autodistillation: ``auto_distillation.search`` / ``flash_distillation`` / ``regular_distillation``.
+        path: the recipe file, if read from one.
+        raw: the recipe as plain data, after overrides.
+    """
 
     model: ModelArguments
     teacher: TeacherArguments
     data: DataArguments
     baseline: BaselineArguments
     evaluation: EvaluationArguments
-    training: TrainingArguments
-    autodistillation_config: dict[str, Any]  # search / flash_distillation / regular_distillation, as the design
-    raw: dict[str, Any]
+    training: "TrainingArguments"
+    autodistillation: AutoDistillationConfig
     path: Optional[str] = None
+    raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def output_dir(self) -> str:
@@ -86,7 +106,9 @@ class Recipe:
 
 # ---------------------------------------------------------------------------- loading
 def read_recipe(path: str) -> dict[str, Any]:
-    """Read a YAML recipe as plain data (a ``yaml.SafeLoader``); invalid YAML gives a ConfigError with the line."""
+    """Read a YAML recipe as plain data (:class:`RecipeLoader`); bad YAML gives a ConfigError with the line."""
+    if os.path.isdir(path):
+        raise ConfigError(f"recipe {path!r} is a directory; give the path of a YAML recipe file (see recipes/).")
     if not os.path.isfile(path):
         raise ConfigError(f"recipe {path!r} does not exist; give the path of a YAML recipe (see recipes/).")
     try:
@@ -105,6 +127,8 @@ def read_recipe(path: str) -> dict[str, Any]:
 
 def _leaf_paths(recipe: Mapping[str, Any]) -> dict[str, list[tuple[str, ...]]]:
     """Every overridable field name -> the dotted paths it can mean."""
+    from transformers import TrainingArguments
+
     paths: dict[str, list[tuple[str, ...]]] = {}
 
     def add(path: tuple[str, ...]) -> None:
@@ -136,7 +160,8 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
     while i < len(items):
         token = items[i]
         if not token.startswith("--"):
-            raise ConfigError(f"unexpected argument {token!r}: overrides are --key value (e.g. --max_trials 3).")
+            raise ConfigError(f"unexpected argument {checks.shown(token)}: overrides are --key value "
+                              "(e.g. --max_trials 3).")
         if "=" in token:
             key, text = token[2:].split("=", 1)
             i += 1
@@ -146,12 +171,14 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
                 raise ConfigError(f"--{key} needs a value (e.g. --{key} 3).")
             text = items[i + 1]
             i += 2
+        if not key:
+            raise ConfigError(f"{token!r} names no key; overrides are --key value (e.g. --max_trials 3).")
+        if not text.strip():
+            raise ConfigError(f"--{key} is given an empty value; give one (e.g. --{key} VALUE) or leave it out.")
         try:
             value = yaml_load(text)
         except yaml.YAMLError:
             value = text  # a plain string (never evaluated)
-        if not key:
-            raise ConfigError(f"{token!r} names no key; overrides are --key value (e.g. --max_trials 3).")
         if "." in key:
             path = tuple(key.split("."))
             if not all(path):
@@ -160,7 +187,8 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
             candidates = _leaf_paths(recipe).get(key, [])
             if not candidates:
                 known = sorted(_leaf_paths(recipe))
-                raise ConfigError(f"unknown override --{key}.{did_you_mean(key, known)} Use --section.key for nested values.")
+                raise ConfigError(f"unknown override --{key}.{did_you_mean(key, known)} "
+                                  "Use --section.key for nested values.")
             if len(candidates) > 1:
                 options = ", ".join("--" + ".".join(p) for p in candidates)
                 raise ConfigError(f"--{key} is ambiguous; use one of {options}.")
@@ -183,6 +211,8 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:  # the type here; the dataclass names the allowed values
+        return any(type(value) is type(arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
     if origin in (list, tuple):
@@ -205,34 +235,60 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("typing.", "").replace("NoneType", "null")
 
 
-def _parse_section(cls: type, values: Any, where: str):
+def _parse_section(cls: type, values: Any, where: str) -> Any:
+    """Check the keys and value types of one section, then build its dataclass (which checks ranges)."""
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where} must be a mapping of keys, got {values!r}.")
+        raise ConfigError(f"{where} must be a mapping of keys, got {checks.shown(values)}.")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), list(fields))}")
+            raise ConfigError(f"{where}: unknown key {checks.shown(key)}.{did_you_mean(str(key), list(fields))}")
         if not _type_ok(value, hints.get(key, Any)):
-            raise ConfigError(f"{where}.{key} must be {_type_name(hints.get(key))}, got {value!r} ({type(value).__name__}).")
+            raise ConfigError(f"{where}.{key} must be {_type_name(hints.get(key))}, "
+                              f"got {checks.shown(value)} ({type(value).__name__}).")
     try:
-        (parsed,) = HfArgumentParser(cls).parse_dict(dict(values), allow_extra_keys=False)
+        return cls(**values)
     except (ValueError, TypeError) as error:
+        if isinstance(error, ConfigError):
+            raise
         raise ConfigError(f"{where}: {error}") from None
-    return parsed
 
 
-def _positive(value: Any, key: str, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{key} must be a positive number, got {value!r}.")
+def _check_search_metrics(search: SearchConfig, evaluation: EvaluationArguments) -> None:
+    """Every search objective is produced: by the profiler, the loss, or a shipped metric of the evaluation."""
+    from .metrics import SHIPPED_METRICS
+
+    produced = {"latency", "params", "flops", "loss"}
+    scripts = []
+    for spec in evaluation.metrics:
+        name = spec.partition(":")[0]
+        (produced.add(name) if name in SHIPPED_METRICS else scripts.append(spec))
+    for metric in search.metrics:
+        base = metric[len("eval_"):] if metric.startswith("eval_") else metric
+        if base in produced or scripts:  # a metric script may return any keys: its names cannot be checked here
+            continue
+        raise ConfigError(
+            f"auto_distillation.search.metrics: nothing produces {checks.shown(metric)}: the profiler gives latency, "
+            f"params, flops and auto_distillation.evaluation.metrics {evaluation.metrics} give "
+            f"{sorted(produced - {'latency', 'params', 'flops'})}.{did_you_mean(metric, sorted(produced))}"
+        )
+
+
+def _build_training_arguments(train: Any, output_dir: str, where: str) -> "TrainingArguments":
+    from transformers import TrainingArguments
+
+    args = _parse_section(TrainingArguments, {**train, "output_dir": output_dir}, where)
+    validation.check_report_to(args, where)
+    return args
 
 
 def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_models: bool = True) -> Recipe:
@@ -246,17 +302,20 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
         raise ConfigError(f"a recipe must be a mapping of sections, got {type(data).__name__}.")
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"recipe: unknown section {key!r}.{did_you_mean(str(key), TOP_LEVEL_KEYS)}")
+            raise ConfigError(f"recipe: unknown section {checks.shown(key)}.{did_you_mean(str(key), TOP_LEVEL_KEYS)}")
+    bad = checks.non_finite_path(dict(data))
+    if bad is not None:
+        raise ConfigError(f"{bad} is not a finite number (.inf/.nan); give a finite value.")
     auto = data.get("auto_distillation")
     if not isinstance(auto, Mapping):
         raise ConfigError("recipe: the auto_distillation section is required (with at least auto_distillation.search).")
     for key in auto:
         if key not in AUTO_DISTILLATION_KEYS:
-            raise ConfigError(f"auto_distillation: unknown key {key!r}.{did_you_mean(str(key), AUTO_DISTILLATION_KEYS)}")
+            raise ConfigError(f"auto_distillation: unknown key {checks.shown(key)}."
+                              f"{did_you_mean(str(key), AUTO_DISTILLATION_KEYS)}")
 
+    # 1. Plain values, section by section (no torch or transformers import).
     model = _parse_section(ModelArguments, data.get("model"), "model")
-    if model.framework != "pytorch":
-        raise ConfigError(f"model.framework {model.framework!r} is not supported; use 'pytorch'.")
     teacher = _parse_section(TeacherArguments, data.get("teacher"), "teacher")
     if bool(teacher.model_name_or_path) == bool(teacher.pretrained_encoder):
         raise ConfigError(
@@ -266,70 +325,56 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
     data_args = _parse_section(DataArguments, data.get("data"), "data")
     if not data_args.dataset_name and not data_args.train_file:
         raise ConfigError("data: give data.dataset_name (Hub or 'rotten_tomatoes_demo') or data.train_file.")
-    _positive(data_args.max_length, "data.max_length", allow_none=False)
-    _positive(data_args.max_train_samples, "data.max_train_samples")
-    _positive(data_args.max_eval_samples, "data.max_eval_samples")
     baseline = _parse_section(BaselineArguments, data.get("baseline"), "baseline")
-    _positive(baseline.train_steps, "baseline.train_steps")
     evaluation = _parse_section(EvaluationArguments, auto.get("evaluation"), "auto_distillation.evaluation")
-    for key in ("latency_batch_size", "latency_num_threads", "latency_repeats", "latency_seq_length"):
-        _positive(getattr(evaluation, key), f"auto_distillation.evaluation.{key}")
-    if not evaluation.metrics or not all(isinstance(m, str) for m in evaluation.metrics):
-        raise ConfigError("auto_distillation.evaluation.metrics must be a non-empty list of metric names.")
-    validation.check_metric_names(evaluation.metrics, "auto_distillation.evaluation.metrics")
+    validation.check_metric_names(evaluation.metrics, "auto_distillation.evaluation.metrics",
+                                  evaluation.trust_remote_code)
     validation.check_task(data_args, teacher, model, evaluation)
-
-    if not isinstance(auto.get("train") or {}, Mapping):
-        raise ConfigError(f"auto_distillation.train must be a mapping of TrainingArguments, got {auto.get('train')!r}.")
-    train = dict(auto.get("train") or {})
-    if "output_dir" in train:
-        raise ConfigError("auto_distillation.train.output_dir: set output_dir at the top level of the recipe.")
-    train["output_dir"] = data.get("output_dir") or os.path.join("outputs", model.name)
-    if not isinstance(train["output_dir"], str) or not train["output_dir"]:
-        raise ConfigError(f"output_dir must be a path string, got {train['output_dir']!r}.")
-    training = _parse_section(TrainingArguments, train, "auto_distillation.train")
-    validation.check_training_arguments(training, "auto_distillation.train")
-    # teacher.finetune holds TrainingArguments too (merged over the fine-tuning defaults by the CLI)
-    finetune = dict(teacher.finetune)
-    if "output_dir" in finetune:
-        raise ConfigError("teacher.finetune.output_dir: the teacher is fine-tuned under output_dir/teacher-finetune; remove it.")
-    finetune_args = _parse_section(
-        TrainingArguments, {**finetune, "output_dir": os.path.join(train["output_dir"], "teacher-finetune")}, "teacher.finetune"
-    )
-    validation.check_training_arguments(finetune_args, "teacher.finetune")
-
     if "search" not in auto:
         raise ConfigError("auto_distillation.search is required (search_space at least).")
     search = parse_search_config({"search": auto["search"]})
+    _check_search_metrics(search, evaluation)
+    train = auto.get("train") or {}
+    if not isinstance(train, Mapping):
+        raise ConfigError(f"auto_distillation.train must be a mapping of TrainingArguments, got {checks.shown(train)}.")
+    if "output_dir" in train:
+        raise ConfigError("auto_distillation.train.output_dir: set output_dir at the top level of the recipe.")
+    if "output_dir" in teacher.finetune:
+        raise ConfigError("teacher.finetune.output_dir: the teacher is fine-tuned under output_dir/teacher-finetune; "
+                          "remove it.")
+    check_training_values(train, "auto_distillation.train")
+    check_training_values(teacher.finetune, "teacher.finetune")
+    output_dir = data.get("output_dir")
+    if output_dir is None:
+        output_dir = os.path.join("outputs", model.name)
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        raise ConfigError(f"output_dir must be a non-empty path string, got {checks.shown(output_dir)}.")
+    if os.path.isfile(output_dir):
+        raise ConfigError(f"output_dir {output_dir!r} is a file; give a directory path.")
+    if search.storage is not None:
+        validation.check_storage_url(search.storage, "auto_distillation.search.storage")
+
+    # 2. The distillation phases (layer mappings import torch), then TrainingArguments (imports transformers).
     flash, regular = parse_distillation(auto.get("flash_distillation"), auto.get("regular_distillation"))
     if flash is None and regular is None:
         raise ConfigError("auto_distillation: give flash_distillation, regular_distillation or both.")
-    validation.check_distillation_values(flash, regular)
-    if flash is not None and not flash.is_auto:
-        flash.stages()
-    if regular is not None:
-        regular.validated()
-    for metric in search.metrics:
-        known = {"latency", "params", "flops", *evaluation.metrics, *(f"eval_{m}" for m in evaluation.metrics)}
-        if metric not in known and not any(metric.startswith(m) for m in evaluation.metrics):
-            raise ConfigError(
-                f"auto_distillation.search.metrics: {metric!r} is neither measured by the profiler (latency, params, "
-                f"flops) nor one of auto_distillation.evaluation.metrics {evaluation.metrics}.{did_you_mean(metric, sorted(known))}"
-            )
-    # Against the models' structure, without weights: student class, base config, search-space names, module names.
+    autodistillation = AutoDistillationConfig(search=search, flash_distillation=flash, regular_distillation=regular)
+    training = _build_training_arguments(train, output_dir, "auto_distillation.train")
+    _build_training_arguments(teacher.finetune, os.path.join(output_dir, "teacher-finetune"), "teacher.finetune")
+
+    # 3. Against the outside world and the models' structure, without weights.
     validation.check_paths(teacher, data_args, model)
     validation.student_class(model.student_class)
     base_config = validation.build_student_base_config(model, data_args)
     if base_config is not None:
         validation.check_search_space(search.search_space, base_config)
+        validation.check_latency_seq_length(evaluation, base_config)
+        if flash is not None and flash.is_auto:
+            validation.check_auto_blocks(flash, search.search_space, base_config)
     if check_models:
         validation.check_module_names(flash, regular, model, teacher, data_args, search.search_space)
-    config = {
-        "search": dict(auto["search"]),
-        "flash_distillation": auto.get("flash_distillation"),
-        "regular_distillation": auto.get("regular_distillation"),
-    }
-    return Recipe(model, teacher, data_args, baseline, evaluation, training, config, dict(data), path)
+    return Recipe(model=model, teacher=teacher, data=data_args, baseline=baseline, evaluation=evaluation,
+                  training=training, autodistillation=autodistillation, path=path, raw=dict(data))
 
 
 def load_recipe(path: str, overrides: list[str] | None = None) -> Recipe:

@@ -113,10 +113,7 @@ def test_overrides_reach_nested_and_unambiguous_keys():
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
 def test_every_shipped_recipe_validates(name):
     recipe = load_recipe(str(ROOT / "recipes" / name))
-    # TODO(merge): recipe.autodistillation.search once Recipe has the typed field
-    typed = getattr(recipe, "autodistillation", None)
-    typed = typed or AutoDistillationConfig.from_design(recipe.autodistillation_config)
-    assert typed.search.search_space
+    assert recipe.autodistillation.search.search_space
     text = (ROOT / "recipes" / name).read_text()
     assert "Expected:" in text or "Hardware and time" in text or "expects" in text.lower(), "state hardware and time"
 

@@ -35,7 +35,7 @@ def test_pretraining_recipe_builds_a_24_layer_mobilebert_for_pretraining_student
 
     recipe = load_recipe(str(PRETRAINING))  # the module-name check runs on a meta-device student, no Hub
     assert recipe.data.task == "pretraining" and recipe.teacher.model_name_or_path == "bert-large-uncased"
-    space = recipe.autodistillation_config["search"]["search_space"]
+    space = recipe.autodistillation.search.search_space
     assert space["hidden_size"] == [128, 256, 384, 512]
     assert "246" in PRETRAINING.read_text() and "typo" in PRETRAINING.read_text()
     smallest = {key: min(values) for key, values in space.items()}
@@ -46,11 +46,8 @@ def test_pretraining_recipe_builds_a_24_layer_mobilebert_for_pretraining_student
 
 
 def test_pretraining_recipe_flash_distillation_is_the_designs_24_stages():
-    from autodistill_trainer.configs.distillation import parse_distillation
-
     recipe = load_recipe(str(PRETRAINING))
-    flash, regular = parse_distillation(recipe.autodistillation_config["flash_distillation"],
-                                        recipe.autodistillation_config["regular_distillation"])
+    flash, regular = recipe.autodistillation.flash_distillation, recipe.autodistillation.regular_distillation
     stages = flash.stages()
     assert len(stages) == 24
     for i, stage in enumerate(stages):

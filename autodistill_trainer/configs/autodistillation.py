@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
@@ -21,9 +21,23 @@ class AutoDistillationConfig:
         regular_distillation: distillation of the whole student on the teacher's logits, or ``None``.
     """
 
-    search: SearchConfig
-    flash_distillation: FlashDistillationConfig | None = None
-    regular_distillation: RegularDistillationConfig | None = None
+    search: SearchConfig = field(metadata={"help": "The search section (space, advisor, objectives, budgets)."})
+    flash_distillation: FlashDistillationConfig | None = field(
+        default=None, metadata={"help": "Progressive knowledge transfer, or null to skip it."})
+    regular_distillation: RegularDistillationConfig | None = field(
+        default=None, metadata={"help": "Distillation of the whole student on the teacher's logits, or null."})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.search, SearchConfig):
+            raise ConfigError(f"AutoDistillationConfig.search must be a SearchConfig, got "
+                              f"{type(self.search).__name__}; use AutoDistillationConfig.from_design(dict) for the "
+                              "design's dict form.")
+        for name, cls in (("flash_distillation", FlashDistillationConfig),
+                          ("regular_distillation", RegularDistillationConfig)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, cls):
+                raise ConfigError(f"AutoDistillationConfig.{name} must be a {cls.__name__} or None, got "
+                                  f"{type(value).__name__}; use AutoDistillationConfig.from_design(dict).")
 
     @classmethod
     def from_design(cls, value: Any) -> "AutoDistillationConfig":

@@ -5,30 +5,97 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Iterable, Mapping
+from dataclasses import field
+from typing import Any, Literal, Mapping, Union
 
 from ..errors import ConfigError, did_you_mean
+from . import checks
 
 SEARCH_ALGORITHMS = ("BO", "TPE", "NSGA2", "random", "grid")
+#: Default direction of the metrics whose sense is known (``higher_is_better`` may be left out for them).
+KNOWN_DIRECTIONS = {"accuracy": True, "f1": True, "latency": False, "params": False, "flops": False, "loss": False}
+#: Most trials one study may ask for (a typo like ``1e9`` would otherwise plan a search that never ends).
+MAX_TRIALS = 100_000
+
+#: One value of a searched field (Optuna categorical choices).
+SearchValue = Union[None, bool, int, float, str]
+_CATEGORICAL_TYPES = (type(None), bool, int, float, str)
 
 
 @dataclasses.dataclass
 class SearchConfig:
-    """Validated ``search`` section of an AutoDistillation config (see :func:`parse_search_config`)."""
+    """Validated ``search`` section of an AutoDistillation config.
 
-    search_space: dict[str, list[Any]]
-    search_algorithm: str = "BO"
-    metrics: list[str] = dataclasses.field(default_factory=lambda: ["accuracy", "latency"])
-    higher_is_better: list[bool] = dataclasses.field(default_factory=lambda: [True, False])
-    max_trials: int = 10
-    seed: int = 42
-    storage: str | None = None
-    study_name: str | None = None
-    max_latency_ms: float | None = None
-    max_params: float | None = None
-    max_flops: float | None = None
-    heartbeat_interval: int | None = 10
-    grace_period: int | None = None
+    Args:
+        search_space: ``{field: [values, ...]}``: student config fields and their candidate values.
+        search_algorithm: ``BO``, ``TPE``, ``NSGA2``, ``random`` or ``grid`` (case-insensitive).
+        metrics: objectives, e.g. ``['accuracy', 'latency']``.
+        higher_is_better: one direction per metric.
+        max_trials: trained architectures to try (1..100000).
+        seed: sampler seed, in ``[0, 2**32 - 1]``.
+        storage: Optuna storage URL (default: a SQLite file in ``output_dir``).
+        study_name: Optuna study name (default derived from the output directory).
+        max_latency_ms: latency budget: slower architectures are not trained.
+        max_params: parameter budget.
+        max_flops: FLOPs budget.
+        heartbeat_interval: seconds between heartbeats of a running trial (None disables it).
+        grace_period: seconds before a silent RUNNING trial is failed (default ``max(60, 3 * heartbeat_interval)``).
+
+    Raises:
+        ConfigError: naming the field, when a value has the wrong type or is out of range.
+    """
+
+    search_space: dict[str, list[SearchValue]] = field(
+        metadata={"help": "{field: [values, ...]}: student config fields and their candidate values."})
+    search_algorithm: Literal["BO", "TPE", "NSGA2", "random", "grid"] = field(
+        default="BO", metadata={"help": "Search advisor: BO, TPE, NSGA2, random or grid."})
+    metrics: list[str] = field(default_factory=lambda: ["accuracy", "latency"],
+                               metadata={"help": "Objectives (evaluation metrics, latency, params, flops)."})
+    higher_is_better: list[bool] = field(default_factory=lambda: [True, False],
+                                         metadata={"help": "One direction per metric."})
+    max_trials: int = field(default=10, metadata={"help": f"Architectures to train (1..{MAX_TRIALS})."})
+    seed: int = field(default=42, metadata={"help": "Sampler seed in [0, 2**32 - 1]."})
+    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: SQLite in output_dir)."})
+    study_name: str | None = field(default=None, metadata={"help": "Optuna study name."})
+    max_latency_ms: float | None = field(default=None, metadata={"help": "Latency budget in ms (positive)."})
+    max_params: float | None = field(default=None, metadata={"help": "Parameter budget (positive)."})
+    max_flops: float | None = field(default=None, metadata={"help": "FLOPs budget (positive)."})
+    heartbeat_interval: int | None = field(
+        default=10, metadata={"help": "Seconds between heartbeats of a running trial; null disables it."})
+    grace_period: int | None = field(
+        default=None, metadata={"help": "Seconds before a silent RUNNING trial is failed (positive)."})
+
+    def __post_init__(self) -> None:
+        self.search_space = _check_search_space(self.search_space)
+        algo = self.search_algorithm
+        canonical = {a.lower(): a for a in SEARCH_ALGORITHMS}
+        if not isinstance(algo, str) or algo.lower() not in canonical:
+            raise ConfigError(f"'search.search_algorithm' is {checks.shown(algo)}; choose one of "
+                              f"{list(SEARCH_ALGORITHMS)}." + did_you_mean(str(algo), SEARCH_ALGORITHMS))
+        self.search_algorithm = canonical[algo.lower()]
+        metrics = self.metrics
+        if not isinstance(metrics, (list, tuple)) or not metrics or not all(isinstance(m, str) and m for m in metrics):
+            raise ConfigError(
+                f"'search.metrics' must be a non-empty list of metric names, got {checks.shown(metrics)}.")
+        if len(set(metrics)) != len(metrics):
+            raise ConfigError(f"'search.metrics' has repeated names: {checks.shown(metrics)}.")
+        self.metrics = list(metrics)
+        hib = self.higher_is_better
+        if not isinstance(hib, (list, tuple)) or not all(isinstance(h, bool) for h in hib):
+            raise ConfigError(f"'search.higher_is_better' must be a list of booleans, got {checks.shown(hib)}.")
+        if len(hib) != len(metrics):
+            raise ConfigError(f"'search.higher_is_better' has {len(hib)} entries but 'search.metrics' has "
+                              f"{len(metrics)}; give one direction per metric.")
+        self.higher_is_better = list(hib)
+        checks.positive_int(self.max_trials, "'search.max_trials'", maximum=MAX_TRIALS)
+        checks.seed(self.seed, "'search.seed'")
+        checks.non_empty_str(self.storage, "'search.storage'", optional=True)
+        checks.non_empty_str(self.study_name, "'search.study_name'", optional=True)
+        for key in ("max_latency_ms", "max_params", "max_flops"):
+            checks.positive_number(getattr(self, key), f"'search.{key}'", optional=True)
+        for key in ("heartbeat_interval", "grace_period"):
+            checks.positive_int(getattr(self, key), f"'search.{key}'", optional=True,
+                                what="integer number of seconds")
 
     @property
     def directions(self) -> list[str]:
@@ -40,41 +107,67 @@ class SearchConfig:
 
 
 _SEARCH_KEYS = [f.name for f in dataclasses.fields(SearchConfig)]
-_CATEGORICAL_TYPES = (type(None), bool, int, float, str)
+#: Kept for ``autodistill_trainer/search.py``, which imports it from here; new code uses ``checks.is_number``.
+_is_number = checks.is_number
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def _check_search_space(space: Any) -> dict[str, list[Any]]:
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigError("'search.search_space' must be a non-empty mapping {name: [values, ...]}.")
+    search_space: dict[str, list[Any]] = {}
+    for name, values in space.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"'search.search_space' names must be non-empty strings, got {checks.shown(name)}.")
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"'search.search_space.{name}' must be a list of values, got {checks.shown(values)} "
+                              f"({type(values).__name__}); write {name}: [value, ...].")
+        values = list(values)
+        if not values:
+            raise ConfigError(f"'search.search_space.{name}' is an empty list; give at least one value.")
+        for v in values:
+            if not isinstance(v, _CATEGORICAL_TYPES):
+                raise ConfigError(f"'search.search_space.{name}' holds {checks.shown(v)} of type {type(v).__name__}; "
+                                  "values must be None, bool, int, float or str.")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"'search.search_space.{name}' holds {v!r}; values must be finite.")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise ConfigError(f"'search.search_space.{name}' has repeated values: {checks.shown(values)}.")
+        search_space[name] = values
+    return search_space
 
 
 def parse_search_config(config: Any) -> SearchConfig:
-    """Validate an AutoDistillation config and return its ``search`` section.
+    """Read the ``search`` section of an AutoDistillation config into a :class:`SearchConfig` (which checks it).
 
-    ``config`` is a mapping ``{'search': {...}, 'flash_distillation': ..., ...}``; sections other than
-    ``search`` are ignored here. A dataclass (or an object with ``to_dict()``) is converted first.
-    Keys of ``search``: ``search_space`` (required; ``{name: [values, ...]}``), ``search_algorithm``
-    (``BO``/``TPE``/``NSGA2``/``random``/``grid``, default ``BO``), ``metrics`` (default
-    ``['accuracy', 'latency']``), ``higher_is_better`` (default ``[True, False]``), ``max_trials``
-    (default 10), ``seed`` (default 42), ``storage`` (Optuna storage URL, default a SQLite file in
-    ``output_dir``), ``study_name``, ``max_latency_ms``, ``max_params``, ``max_flops`` (budgets on the
-    cheap objectives), ``heartbeat_interval`` (seconds, default 10; ``None`` disables the heartbeat),
-    ``grace_period`` (seconds before a silent RUNNING trial is failed, default ``max(60, 3 * heartbeat_interval)``).
+    ``config`` is a mapping ``{'search': {...}, 'flash_distillation': ..., ...}`` (sections other than ``search``
+    are ignored), a bare search section, a :class:`SearchConfig`, or a dataclass / object with ``to_dict()``.
+    Here only the dict boundary is handled: unknown keys, a single metric given as a string, and the default
+    ``higher_is_better`` for metrics whose direction is known (:data:`KNOWN_DIRECTIONS`).
 
     Raises:
         ConfigError: naming the offending key.
     """
+    if isinstance(config, SearchConfig):
+        return config
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        search_field = getattr(config, "search", None)
+        if isinstance(search_field, SearchConfig):
+            return search_field
         config = dataclasses.asdict(config)
     elif hasattr(config, "to_dict") and not isinstance(config, Mapping):
         config = config.to_dict()
     if not isinstance(config, Mapping):
-        raise ConfigError(f"AutoDistillation config must be a mapping with a 'search' section, got {type(config).__name__}.")
+        raise ConfigError("AutoDistillation config must be a mapping with a 'search' section, "
+                          f"got {type(config).__name__}.")
     if "search" in config:
         search = config["search"]
     elif "search_space" in config:  # a bare search section is accepted too
         search = config
     else:
-        raise ConfigError("AutoDistillation config has no 'search' section (it needs 'search': {'search_space': {...}})." + did_you_mean("search", [str(k) for k in config]))
+        raise ConfigError("AutoDistillation config has no 'search' section (it needs 'search': {'search_space': "
+                          "{...}})." + did_you_mean("search", [str(k) for k in config]))
+    if isinstance(search, SearchConfig):
+        return search
     if dataclasses.is_dataclass(search) and not isinstance(search, type):
         search = dataclasses.asdict(search)
     if not isinstance(search, Mapping):
@@ -82,86 +175,21 @@ def parse_search_config(config: Any) -> SearchConfig:
     for key in search:
         if key not in _SEARCH_KEYS:
             raise ConfigError(f"Unknown key 'search.{key}'." + did_you_mean(str(key), _SEARCH_KEYS))
-
-    # search_space
-    space = search.get("search_space")
-    if not isinstance(space, Mapping) or not space:
+    if "search_space" not in search:
         raise ConfigError("'search.search_space' must be a non-empty mapping {name: [values, ...]}.")
-    search_space: dict[str, list[Any]] = {}
-    for name, values in space.items():
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"'search.search_space' names must be non-empty strings, got {name!r}.")
-        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-            raise ConfigError(f"'search.search_space.{name}' must be a list of values, got {values!r}.")
-        values = list(values)
-        if not values:
-            raise ConfigError(f"'search.search_space.{name}' is an empty list; give at least one value.")
-        for v in values:
-            if not isinstance(v, _CATEGORICAL_TYPES):
-                raise ConfigError(f"'search.search_space.{name}' holds {v!r} of type {type(v).__name__}; values must be None, bool, int, float or str.")
-        if len({json.dumps(v) for v in values}) != len(values):
-            raise ConfigError(f"'search.search_space.{name}' has repeated values: {values!r}.")
-        search_space[name] = values
-
-    # algorithm
-    algo = search.get("search_algorithm", "BO")
-    canonical = {a.lower(): a for a in SEARCH_ALGORITHMS}
-    if not isinstance(algo, str) or algo.lower() not in canonical:
-        raise ConfigError(f"'search.search_algorithm' is {algo!r}; choose one of {list(SEARCH_ALGORITHMS)}." + did_you_mean(str(algo), SEARCH_ALGORITHMS))
-    algo = canonical[algo.lower()]
-
-    # metrics / directions
-    metrics = search.get("metrics", ["accuracy", "latency"])
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    if not isinstance(metrics, (list, tuple)) or not metrics or not all(isinstance(m, str) and m for m in metrics):
-        raise ConfigError(f"'search.metrics' must be a non-empty list of metric names, got {metrics!r}.")
-    if len(set(metrics)) != len(metrics):
-        raise ConfigError(f"'search.metrics' has repeated names: {metrics!r}.")
-    hib = search.get("higher_is_better", None)
-    if hib is None:
-        defaults = {"accuracy": True, "f1": True, "latency": False, "params": False, "flops": False, "loss": False}
-        if "metrics" in search and any(m not in defaults for m in metrics):
-            raise ConfigError(f"'search.higher_is_better' is required for metrics {list(metrics)!r} (one bool per metric).")
-        hib = [defaults[m] for m in metrics]
-    if isinstance(hib, bool):
-        hib = [hib]
-    if not isinstance(hib, (list, tuple)) or not all(isinstance(h, bool) for h in hib):
-        raise ConfigError(f"'search.higher_is_better' must be a list of booleans, got {hib!r}.")
-    if len(hib) != len(metrics):
-        raise ConfigError(f"'search.higher_is_better' has {len(hib)} entries but 'search.metrics' has {len(metrics)}; give one direction per metric.")
-
-    max_trials = search.get("max_trials", 10)
-    if not isinstance(max_trials, int) or isinstance(max_trials, bool) or max_trials <= 0:
-        raise ConfigError(f"'search.max_trials' must be a positive integer, got {max_trials!r}.")
-    seed = search.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"'search.seed' must be an integer, got {seed!r}.")
-    for key in ("storage", "study_name"):
-        val = search.get(key)
-        if val is not None and (not isinstance(val, str) or not val):
-            raise ConfigError(f"'search.{key}' must be a non-empty string, got {val!r}.")
-    budgets = {}
-    for key in ("max_latency_ms", "max_params", "max_flops"):
-        val = search.get(key)
-        if val is not None and (not _is_number(val) or val <= 0):
-            raise ConfigError(f"'search.{key}' must be a positive number, got {val!r}.")
-        budgets[key] = val
-    hb = search.get("heartbeat_interval", 10)
-    grace = search.get("grace_period")
-    for key, val in (("heartbeat_interval", hb), ("grace_period", grace)):
-        if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val <= 0):
-            raise ConfigError(f"'search.{key}' must be a positive integer number of seconds (or None), got {val!r}.")
-    return SearchConfig(
-        search_space=search_space,
-        search_algorithm=algo,
-        metrics=list(metrics),
-        higher_is_better=list(hib),
-        max_trials=max_trials,
-        seed=seed,
-        storage=search.get("storage"),
-        study_name=search.get("study_name"),
-        heartbeat_interval=hb,
-        grace_period=grace,
-        **budgets,
-    )
+    values = dict(search)
+    if isinstance(values.get("metrics"), str):
+        values["metrics"] = [values["metrics"]]
+    if isinstance(values.get("higher_is_better"), bool):
+        values["higher_is_better"] = [values["higher_is_better"]]
+    if values.get("higher_is_better") is None:
+        metrics = values.get("metrics", ["accuracy", "latency"])
+        if isinstance(metrics, (list, tuple)) and all(isinstance(m, str) for m in metrics):
+            unknown = [m for m in metrics if m not in KNOWN_DIRECTIONS]
+            if unknown:
+                raise ConfigError(f"'search.higher_is_better' is required for metrics {checks.shown(list(metrics))} "
+                                  "(one bool per metric).")
+            values["higher_is_better"] = [KNOWN_DIRECTIONS[m] for m in metrics]
+        else:
+            values.pop("higher_is_better", None)
+    return SearchConfig(**values)

@@ -1,22 +1,53 @@
-"""Recipe sections outside ``auto_distillation``'s design keys: model, teacher, data, evaluation, baseline."""
+"""Recipe sections outside ``auto_distillation``'s design keys: model, teacher, data, evaluation, baseline.
+
+Each dataclass checks its own values in ``__post_init__`` (types of recipe keys are checked by the recipe loader
+before construction); checks that need the outside world (paths, models, installed packages) live in
+:mod:`autodistill_trainer.validation`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Literal, Optional, Union
+
+from ..errors import ConfigError, did_you_mean
+from . import checks
+
+#: Shortest ``data.max_length``: two text tokens plus [CLS]/[SEP] (three special tokens for sentence pairs).
+MIN_MAX_LENGTH = 5
+#: Longest ``data.max_length`` / ``latency_seq_length``: the student's position table has this many rows at most.
+MAX_SEQ_LENGTH = 8192
+#: Upper bounds of the latency protocol (a typo such as ``1e9`` would otherwise time forwards for days).
+MAX_LATENCY_REPEATS = 10_000
+MAX_LATENCY_WARMUP = 10_000
+MAX_LATENCY_BATCH_SIZE = 4096
+MAX_LATENCY_THREADS = 1024
+TEACHER_DTYPES = ("float32", "float16", "bfloat16", "float64")
+DATA_TASKS = ("text-classification", "pretraining")
+
+#: A value of a base-config override (a MobileBertConfig field).
+ConfigValue = Union[bool, int, float, str, None, list[Union[int, float, str]]]
 
 
 @dataclass
 class ModelArguments:
-    """The student: its class and base config (the search sets the architecture fields on top)."""
+    """The student: its class and base config (the search sets the architecture fields on top).
+
+    Args:
+        name: name of the run (the design's ``model.name``).
+        framework: only ``'pytorch'``.
+        student_class: a concrete transformers MobileBERT class name (not an ``Auto*`` class).
+        base_config: overrides on the built-in MobileBERT base config, or a config path / Hub name.
+        init_embeddings_from_teacher: initialise the student's word embeddings from the teacher's.
+    """
 
     name: str = field(default="autodistill", metadata={"help": "Name of the run (the design's model.name)."})
-    framework: str = field(default="pytorch", metadata={"help": "Only 'pytorch' is supported."})
+    framework: Literal["pytorch"] = field(default="pytorch", metadata={"help": "Only 'pytorch' is supported."})
     student_class: str = field(
         default="MobileBertForSequenceClassification",
-        metadata={"help": "A transformers model class (or Auto class) name for the students."},
+        metadata={"help": "A concrete transformers model class name, e.g. MobileBertForSequenceClassification."},
     )
-    base_config: Optional[Union[dict, str]] = field(
+    base_config: Optional[Union[dict[str, ConfigValue], str]] = field(
         default=None,
         metadata={"help": "Overrides on the built-in MobileBERT base config (a mapping), or a config path/Hub name."},
     )
@@ -25,30 +56,92 @@ class ModelArguments:
         metadata={"help": "Initialise student word embeddings from the teacher's (PCA to the student's width)."},
     )
 
+    def __post_init__(self) -> None:
+        checks.non_empty_str(self.name, "model.name")
+        if self.framework != "pytorch":
+            raise ConfigError(f"model.framework {checks.shown(self.framework)} is not supported; use 'pytorch'.")
+        if not isinstance(self.student_class, str) or not self.student_class.isidentifier():
+            raise ConfigError(f"model.student_class must be a transformers class name, "
+                              f"got {checks.shown(self.student_class)}.")
+        if self.student_class.startswith("Auto"):
+            concrete = "MobileBert" + (self.student_class[len("AutoModel"):] or "Model")
+            raise ConfigError(
+                f"model.student_class {self.student_class!r} is an Auto class, which picks the class from a config "
+                f"the students do not have yet; name the concrete class, e.g. {concrete!r}."
+            )
+        if isinstance(self.base_config, str) and not self.base_config:
+            raise ConfigError("model.base_config is an empty string; give overrides (a mapping), a path or null.")
+        checks.boolean(self.init_embeddings_from_teacher, "model.init_embeddings_from_teacher")
+
 
 @dataclass
 class TeacherArguments:
-    """The teacher: a fine-tuned model, or a pretrained encoder that the CLI fine-tunes first."""
+    """The teacher: a fine-tuned model, or a pretrained encoder that the CLI fine-tunes first.
 
-    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Path or Hub name of a fine-tuned teacher."})
+    Args:
+        model_name_or_path: path or Hub name of a fine-tuned teacher.
+        pretrained_encoder: an encoder the CLI fine-tunes first (``offline:all-MiniLM-L6-v2``: the local wheel).
+        finetune: TrainingArguments overrides for that fine-tuning.
+        trust_remote_code: allow custom model code from the Hub.
+        dtype: teacher dtype during distillation.
+        cache_outputs: cache the teacher outputs the mappings need on disk.
+        cache_max_gb: size budget of one cached feature set.
+    """
+
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Path or Hub name of a fine-tuned teacher."})
     pretrained_encoder: Optional[str] = field(
         default=None,
         metadata={"help": "Encoder to fine-tune as the teacher ('offline:all-MiniLM-L6-v2' uses the local wheel)."},
     )
-    finetune: dict = field(default_factory=dict, metadata={"help": "TrainingArguments overrides for the teacher fine-tuning."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub (off by default)."})
-    dtype: Optional[str] = field(default=None, metadata={"help": "Teacher dtype for distillation (float16, bfloat16)."})
+    finetune: dict[str, ConfigValue] = field(
+        default_factory=dict, metadata={"help": "TrainingArguments overrides for the teacher fine-tuning."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the Hub (off by default)."})
+    dtype: Optional[Literal["float32", "float16", "bfloat16", "float64"]] = field(
+        default=None, metadata={"help": "Teacher dtype for distillation (float16, bfloat16)."})
     cache_outputs: bool = field(
-        default=True, metadata={"help": "Compute the teacher outputs the mappings need once, on disk (fp16), and reuse them."}
+        default=True,
+        metadata={"help": "Compute the teacher outputs the mappings need once, on disk (fp16), and reuse them."},
     )
     cache_max_gb: float = field(default=2.0, metadata={"help": "Size budget of one cached teacher feature set (GB)."})
+
+    def __post_init__(self) -> None:
+        checks.non_empty_str(self.model_name_or_path, "teacher.model_name_or_path", optional=True)
+        checks.non_empty_str(self.pretrained_encoder, "teacher.pretrained_encoder", optional=True)
+        if not isinstance(self.finetune, dict):
+            raise ConfigError(f"teacher.finetune must be a mapping of TrainingArguments, "
+                              f"got {checks.shown(self.finetune)}.")
+        checks.boolean(self.trust_remote_code, "teacher.trust_remote_code")
+        checks.boolean(self.cache_outputs, "teacher.cache_outputs")
+        if self.dtype is not None and self.dtype not in TEACHER_DTYPES:
+            raise ConfigError(
+                f"teacher.dtype {checks.shown(self.dtype)} is not a floating dtype; use float32, float16 or bfloat16 "
+                "(or null)." + did_you_mean(str(self.dtype), ["float32", "float16", "bfloat16"])
+            )
+        checks.positive_number(self.cache_max_gb, "teacher.cache_max_gb")
 
 
 @dataclass
 class DataArguments:
-    """The data: text classification (default) or a text corpus for MLM + next-sentence pretraining distillation."""
+    """The data: text classification (default) or a text corpus for MLM + next-sentence pretraining distillation.
 
-    task: str = field(
+    Args:
+        task: ``text-classification`` or ``pretraining``.
+        dataset_name: Hub dataset name, or ``rotten_tomatoes_demo``.
+        dataset_config_name: Hub dataset config.
+        train_file: local csv/json training file.
+        validation_file: local csv/json validation file.
+        text_column: column with the text.
+        text_pair_column: optional second text column.
+        label_column: column with the labels.
+        max_length: maximum tokens per example, in ``[5, 8192]``.
+        validation_split_size: share in (0, 1) or count of examples split off train.
+        max_train_samples: truncate the training set.
+        max_eval_samples: truncate the validation set.
+    """
+
+    task: Literal["text-classification", "pretraining"] = field(
         default="text-classification",
         metadata={"help": "'text-classification' (labelled texts; sequence-classification students) or 'pretraining' "
                           "(a text corpus: MLM + next-sentence pairs of consecutive lines; *ForPreTraining students "
@@ -58,30 +151,99 @@ class DataArguments:
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset config (e.g. 'sst2')."})
     train_file: Optional[str] = field(default=None, metadata={"help": "Local csv/json training file."})
     validation_file: Optional[str] = field(default=None, metadata={"help": "Local csv/json validation file."})
-    text_column: str = field(default="text", metadata={"help": "Column with the text (pretraining: one line/segment per row)."})
+    text_column: str = field(
+        default="text", metadata={"help": "Column with the text (pretraining: one line/segment per row)."})
     text_pair_column: Optional[str] = field(default=None, metadata={"help": "Optional second text column."})
     label_column: str = field(default="label", metadata={"help": "Column with the labels (int or string)."})
-    max_length: int = field(default=128, metadata={"help": "Maximum tokens per example."})
-    validation_split_size: Optional[float] = field(default=None, metadata={"help": "Split this share/count off train when there is no validation set."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
+    max_length: int = field(
+        default=128, metadata={"help": f"Maximum tokens per example, {MIN_MAX_LENGTH}..{MAX_SEQ_LENGTH}."})
+    validation_split_size: Optional[float] = field(
+        default=None, metadata={"help": "Split this share (0..1) or count off train when there is no validation set."})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Truncate the training set (for quick runs)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the validation set."})
+
+    def __post_init__(self) -> None:
+        if self.task not in DATA_TASKS:
+            raise ConfigError(f"data.task {checks.shown(self.task)} is not supported; use one of {list(DATA_TASKS)}."
+                              + did_you_mean(str(self.task), DATA_TASKS))
+        checks.integer(self.max_length, "data.max_length", minimum=MIN_MAX_LENGTH, maximum=MAX_SEQ_LENGTH,
+                       hint=f" (at least {MIN_MAX_LENGTH}: two text tokens plus the [CLS]/[SEP] special tokens, "
+                            "three for sentence pairs)")
+        checks.positive_int(self.max_train_samples, "data.max_train_samples", optional=True)
+        checks.positive_int(self.max_eval_samples, "data.max_eval_samples", optional=True)
+        size = self.validation_split_size
+        if size is not None:
+            if not checks.is_finite_number(size) or size <= 0 or (
+                    isinstance(size, float) and not size.is_integer() and size >= 1):
+                raise ConfigError("data.validation_split_size must be a share in (0, 1) or a positive count of "
+                                  f"examples, got {checks.shown(size)}.")
 
 
 @dataclass
 class EvaluationArguments:
-    """How each student is evaluated: task metrics and the latency protocol."""
+    """How each student is evaluated: task metrics and the latency protocol.
 
-    metrics: list[str] = field(default_factory=lambda: ["accuracy"], metadata={"help": "Metric names (shipped or evaluate Hub names)."})
-    latency_batch_size: int = field(default=1, metadata={"help": "Batch size of the latency measurement."})
-    latency_seq_length: Optional[int] = field(default=None, metadata={"help": "Sequence length (default: data.max_length)."})
-    latency_num_threads: int = field(default=1, metadata={"help": "CPU threads during the latency measurement."})
-    latency_warmup: int = field(default=10, metadata={"help": "Warm-up forwards before timing."})
-    latency_repeats: int = field(default=30, metadata={"help": "Timed samples; the median is reported."})
+    Args:
+        metrics: metric names: shipped (accuracy, f1, mlm_accuracy), or scripts (a path, a Hub name) when
+            ``trust_remote_code`` allows them.
+        trust_remote_code: allow metric scripts that are not shipped with the package (a local folder or a Hub
+            metric), which ``evaluate.load`` imports and runs.
+        latency_batch_size: batch size of the latency measurement.
+        latency_seq_length: sequence length of the measurement (default: ``data.max_length``).
+        latency_num_threads: CPU threads during the measurement.
+        latency_warmup: warm-up forwards before timing.
+        latency_repeats: timed samples (the median is reported).
+    """
+
+    metrics: list[str] = field(
+        default_factory=lambda: ["accuracy"],
+        metadata={"help": "Metric names: shipped (accuracy, f1, mlm_accuracy), or paths/Hub names with "
+                          "trust_remote_code."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow metric scripts that do not ship with the package (a local folder or a Hub metric): "
+                          "evaluate.load imports and runs their code. Off by default."},
+    )
+    latency_batch_size: int = field(
+        default=1, metadata={"help": f"Batch size of the latency measurement (1..{MAX_LATENCY_BATCH_SIZE})."})
+    latency_seq_length: Optional[int] = field(
+        default=None, metadata={"help": f"Sequence length (default: data.max_length; at most {MAX_SEQ_LENGTH})."})
+    latency_num_threads: int = field(
+        default=1, metadata={"help": f"CPU threads during the latency measurement (1..{MAX_LATENCY_THREADS})."})
+    latency_warmup: int = field(
+        default=10, metadata={"help": f"Warm-up forwards before timing (0..{MAX_LATENCY_WARMUP})."})
+    latency_repeats: int = field(
+        default=30, metadata={"help": f"Timed samples; the median is reported (1..{MAX_LATENCY_REPEATS})."})
+
+    def __post_init__(self) -> None:
+        where = "auto_distillation.evaluation"
+        if not isinstance(self.metrics, list) or not self.metrics or not all(
+                isinstance(m, str) and m for m in self.metrics):
+            raise ConfigError(f"{where}.metrics must be a non-empty list of metric names, "
+                              f"got {checks.shown(self.metrics)}.")
+        checks.boolean(self.trust_remote_code, f"{where}.trust_remote_code")
+        checks.positive_int(self.latency_batch_size, f"{where}.latency_batch_size", maximum=MAX_LATENCY_BATCH_SIZE)
+        checks.positive_int(self.latency_seq_length, f"{where}.latency_seq_length", maximum=MAX_SEQ_LENGTH,
+                            optional=True)
+        checks.positive_int(self.latency_num_threads, f"{where}.latency_num_threads", maximum=MAX_LATENCY_THREADS)
+        checks.integer(self.latency_warmup, f"{where}.latency_warmup", minimum=0, maximum=MAX_LATENCY_WARMUP)
+        checks.positive_int(self.latency_repeats, f"{where}.latency_repeats", maximum=MAX_LATENCY_REPEATS)
 
 
 @dataclass
 class BaselineArguments:
-    """The best architecture trained on labels only, so that the value of distillation is visible."""
+    """The best architecture trained on labels only, so that the value of distillation is visible.
+
+    Args:
+        enabled: train the baseline after the search.
+        train_steps: steps of the baseline (default: the distillation's total).
+    """
 
     enabled: bool = field(default=True, metadata={"help": "Train the baseline after the search."})
     train_steps: Optional[int] = field(default=None, metadata={"help": "Steps (default: the distillation's total)."})
+
+    def __post_init__(self) -> None:
+        checks.boolean(self.enabled, "baseline.enabled")
+        checks.positive_int(self.train_steps, "baseline.train_steps", optional=True, what="integer number of steps")

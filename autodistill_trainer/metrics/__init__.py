@@ -6,8 +6,11 @@
 (``evaluate.load("accuracy")`` would download the script from the Hub and fails offline; loading a local path
 works with ``HF_HUB_OFFLINE=1`` in evaluate 0.4.6).
 
-Any other name goes to ``evaluate.load`` (the Hub, or a local path). A metric with a configuration is written
-``"name:config"`` in lists (e.g. ``"glue:sst2"``) or passed as ``load_metric("glue", "sst2")``.
+Any other name is a metric *script* (a local path, or a Hub metric) that ``evaluate.load`` imports, running its
+code: it is loaded only when ``trust_remote_code`` is true (in a recipe:
+``auto_distillation.evaluation.trust_remote_code``).
+A metric with a configuration is written ``"name:config"`` in lists (e.g. ``"glue:sst2"``) or passed as
+``load_metric("glue", "sst2")``.
 """
 
 from __future__ import annotations
@@ -45,30 +48,41 @@ def split_metric_name(spec: str) -> tuple[str, Optional[str]]:
     return name, (config or None)
 
 
-def load_metric(name: str, config_name: Optional[str] = None, **kwargs: Any):
+def load_metric(name: str, config_name: Optional[str] = None, *, trust_remote_code: bool = False, **kwargs: Any):
     """Load an ``evaluate`` metric, preferring the copies shipped with this package.
 
     Args:
         name: a shipped name (see :data:`SHIPPED_METRICS`), a local metric directory or script, or a Hub metric
             name (``"glue"``, ``"matthews_correlation"``, ``"org/metric"``). ``"name:config"`` is accepted too.
         config_name: the metric configuration (e.g. ``"sst2"`` for ``"glue"``).
+        trust_remote_code: allow a metric that is not shipped (a local script or a Hub metric), whose code
+            ``evaluate.load`` imports and runs. Off by default.
         **kwargs: passed to ``evaluate.load`` (e.g. ``cache_dir``, ``experiment_id``).
 
     Raises:
-        ConfigError: a Hub metric could not be loaded (offline, or a misspelt name); the message lists the
-            shipped metrics.
+        ConfigError: a metric that is not shipped without ``trust_remote_code``, or a Hub metric that could not be
+            loaded (offline, or a misspelt name); the message lists the shipped metrics.
     """
-    import evaluate
 
     if config_name is None and ":" in name and not os.path.exists(name):
         name, config_name = split_metric_name(name)
     if name in SHIPPED_METRICS:
         path = SHIPPED_METRICS[name]
         logger.debug("Loading shipped metric %s from %s", name, path)
+        import evaluate
+
         return evaluate.load(path, config_name, **kwargs) if config_name else evaluate.load(path, **kwargs)
+    if not trust_remote_code:
+        raise ConfigError(
+            f"metric {name[:80]!r} is not shipped ({', '.join(SHIPPED_METRICS)}); loading it imports and runs its "
+            "script: pass trust_remote_code (recipe: auto_distillation.evaluation.trust_remote_code: true) to "
+            "allow it." + did_you_mean(name, SHIPPED_METRICS)
+        )
+    import evaluate
+
     try:
         return evaluate.load(name, config_name, **kwargs) if config_name else evaluate.load(name, **kwargs)
-    except Exception as exc:  # evaluate raises FileNotFoundError / ConnectionError / ValueError here
+    except (OSError, ConnectionError, ValueError, ImportError) as exc:  # evaluate's errors for missing scripts
         raise ConfigError(
             f"Could not load metric {name!r}" + (f" (config {config_name!r})" if config_name else "")
             + f": {str(exc).rstrip('.')}. Metrics available offline: {sorted(SHIPPED_METRICS)}."
@@ -80,6 +94,8 @@ def load_metric(name: str, config_name: Optional[str] = None, **kwargs: Any):
 def build_compute_metrics(
     metric_names: list[str],
     metric_kwargs: Optional[dict[str, dict[str, Any]]] = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> Callable[[Any], dict[str, float]]:
     """A ``compute_metrics`` function for ``transformers.Trainer``.
 
@@ -91,6 +107,7 @@ def build_compute_metrics(
     Args:
         metric_names: e.g. ``["accuracy", "f1"]`` or ``["glue:sst2"]``. Loaded once, here.
         metric_kwargs: per metric spec, extra keyword arguments for ``compute`` (e.g. ``{"f1": {"average": "micro"}}``).
+        trust_remote_code: allow metrics that are not shipped (their scripts run when loaded); see :func:`load_metric`.
     """
     if not metric_names:
         raise ConfigError("metric_names is empty: give at least one metric, e.g. ['accuracy'].")
@@ -104,7 +121,7 @@ def build_compute_metrics(
             f"metrics {token_level} score masked tokens (pretraining) and cannot be mixed with sequence-level "
             f"metrics {[m for m in metric_names if m not in token_level]}."
         )
-    loaded = [(spec, load_metric(spec)) for spec in metric_names]
+    loaded = [(spec, load_metric(spec, trust_remote_code=trust_remote_code)) for spec in metric_names]
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
         logits = eval_pred.predictions if hasattr(eval_pred, "predictions") else eval_pred[0]
