@@ -280,3 +280,19 @@ def test_a_latency_budget_nothing_fits_stops_with_the_budget_as_the_reason(tmp_p
     assert "advisor" not in message
     assert f"none of the {len(over)} architectures" in message
     assert agent.result().failure_reasons == {"over_budget: latency": len(over)}
+
+
+def test_search_retry_failed_false_in_the_config_keeps_failures_final(tmp_path):
+    calls = []
+
+    def train(model):
+        calls.append(dict(model.arch))
+        raise ValueError("boom")
+
+    space = {"a": [1, 2], "b": [1]}
+    for _ in range(2):
+        agent = AutoDistillation(Toy, cfg(search_space=space, max_trials=5, retry_failed=False), train,
+                                 Recorder().eval, fake_profile, output_dir=str(tmp_path))
+        assert agent.retry_failed is False
+        agent.search_loop()
+    assert len(calls) == 2  # the second run retried nothing

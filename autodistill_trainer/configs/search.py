@@ -40,6 +40,8 @@ class SearchConfig:
         max_flops: FLOPs budget.
         heartbeat_interval: seconds between heartbeats of a running trial (None disables it).
         grace_period: seconds before a silent RUNNING trial is failed (default ``max(60, 3 * heartbeat_interval)``).
+        retry_failed: on each new search run, retry once the architectures whose training failed in earlier runs
+            (a failure within the same run stays final).
 
     Raises:
         ConfigError: naming the field, when a value has the wrong type or is out of range.
@@ -64,6 +66,9 @@ class SearchConfig:
         default=10, metadata={"help": "Seconds between heartbeats of a running trial; null disables it."})
     grace_period: int | None = field(
         default=None, metadata={"help": "Seconds before a silent RUNNING trial is failed (positive)."})
+    retry_failed: bool = field(
+        default=True, metadata={"help": "Retry once, on a rerun, the architectures whose training failed in earlier "
+                                        "runs (false: failures are final)."})
 
     def __post_init__(self) -> None:
         self.search_space = _check_search_space(self.search_space)
@@ -93,6 +98,7 @@ class SearchConfig:
         checks.non_empty_str(self.study_name, "'search.study_name'", optional=True)
         for key in ("max_latency_ms", "max_params", "max_flops"):
             checks.positive_number(getattr(self, key), f"'search.{key}'", optional=True)
+        checks.boolean(self.retry_failed, "'search.retry_failed'")
         for key in ("heartbeat_interval", "grace_period"):
             checks.positive_int(getattr(self, key), f"'search.{key}'", optional=True,
                                 what="integer number of seconds")
@@ -107,8 +113,6 @@ class SearchConfig:
 
 
 _SEARCH_KEYS = [f.name for f in dataclasses.fields(SearchConfig)]
-#: Kept for ``autodistill_trainer/search.py``, which imports it from here; new code uses ``checks.is_number``.
-_is_number = checks.is_number
 
 
 def _check_search_space(space: Any) -> dict[str, list[Any]]:

@@ -72,7 +72,7 @@ class AutoDistillation(StudyDriver):
             ``profile_func``, or a failing forward pass on the default profiler's batch) marks an arch invalid.
         output_dir: where ``search_results.json`` (and the default SQLite study) are written (default ``.``).
         retry_failed: on each :meth:`search_loop` call, retry once the architectures whose training failed
-            in an earlier run (a failure in the same call is final).
+            in an earlier run (a failure in the same call is final); default: ``search.retry_failed`` (true).
 
     Attributes: ``search_config``, ``search_space``, ``advisor`` (the Optuna sampler), ``study``,
     ``search_result`` (rows), ``pareto_front`` (rows), ``best_model_arch``. See :mod:`autodistill_trainer.search`
@@ -87,7 +87,7 @@ class AutoDistillation(StudyDriver):
         eval_func: Callable[[Any], Any] | None = None,
         profile_func: Callable[[Any], Mapping[str, Any]] | None = None,
         output_dir: str | None = None,
-        retry_failed: bool = True,
+        retry_failed: bool | None = None,
     ) -> None:
         super().__init__(_search_config(config), output_dir or ".")
         self.config = config
@@ -95,7 +95,7 @@ class AutoDistillation(StudyDriver):
         self.train_func = train_func
         self.eval_func = eval_func
         self.profile_func = profile_func
-        self.retry_failed = retry_failed
+        self.retry_failed = self.search_config.retry_failed if retry_failed is None else retry_failed
         self.best_model_arch: dict[str, Any] | None = None
         self.pareto_front: list[dict[str, Any]] = []
         self._result: AutoDistillationResult | None = None
@@ -302,7 +302,7 @@ class AutoDistillation(StudyDriver):
         n = len(self._snapshot().retry)
         if n:
             logger.info("%d failed trials from earlier runs will be retried (AutoDistillation(retry_failed=False) "
-                        "keeps them final)", n)
+                        "search.retry_failed: false keeps them final)", n)
 
     def _log_outcome(self) -> None:
         result = self._result
