@@ -77,14 +77,24 @@ def hwm_rss_mib() -> float:
 def machine_line() -> str:
     import torch
 
-    return (f"machine: {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
-            f"torch {torch.__version__}, torch threads {torch.get_num_threads()} "
-            f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return (
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
+        f"torch {torch.__version__}, torch threads {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
 
 
 # ------------------------------------------------------------------------------------------- data and models
-STUDENT_ARCH = {"hidden_size": 128, "intra_bottleneck_size": 64, "num_attention_heads": 2, "intermediate_size": 256,
-                "num_feedforward_networks": 2, "num_hidden_layers": 6, "embedding_size": 64}
+STUDENT_ARCH = {
+    "hidden_size": 128,
+    "intra_bottleneck_size": 64,
+    "num_attention_heads": 2,
+    "intermediate_size": 256,
+    "num_feedforward_networks": 2,
+    "num_hidden_layers": 6,
+    "embedding_size": 64,
+}
 
 
 def load_data(max_length: int = 64, train_samples: int | None = None):
@@ -107,8 +117,13 @@ def build_student(seed: int = 0):
 
     from autodistill_trainer.builders import build_model, default_mobilebert_base_config
 
-    return build_model(MobileBertForSequenceClassification, default_mobilebert_base_config(num_labels=2),
-                       STUDENT_ARCH, seed=seed, attn_implementation="eager")
+    return build_model(
+        MobileBertForSequenceClassification,
+        default_mobilebert_base_config(num_labels=2),
+        STUDENT_ARCH,
+        seed=seed,
+        attn_implementation="eager",
+    )
 
 
 def build_teacher(path: str | None = None):
@@ -119,16 +134,26 @@ def build_teacher(path: str | None = None):
     from autodistill_trainer.data import offline_teacher_path
 
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(path or offline_teacher_path(), num_labels=2,
-                                                               attn_implementation="eager")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path or offline_teacher_path(), num_labels=2, attn_implementation="eager"
+    )
     return model.eval()
 
 
 def training_args(output_dir: str, **kwargs: Any):
     from transformers import TrainingArguments
 
-    defaults = dict(output_dir=output_dir, per_device_train_batch_size=32, learning_rate=1e-3, report_to=[],
-                    use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0)
+    defaults = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=32,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
     defaults.update(kwargs)
     return TrainingArguments(**defaults)
 
@@ -143,7 +168,7 @@ def index_batches(n_examples: int, batch_size: int, count: int, seed: int = 0) -
         perm = list(range(n_examples))
         rng.shuffle(perm)
         order.extend(perm)
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(count)]
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
 
 
 def fetch(dataset, collator, indices: list[int]) -> dict:
@@ -177,7 +202,9 @@ def _thread_minflt() -> int:
     return resource.getrusage(who).ru_minflt
 
 
-def interleave(steps: Sequence[Step], n_batches: int, warmup: int, repeats: int, log: Callable[[str], None] = print) -> None:
+def interleave(
+    steps: Sequence[Step], n_batches: int, warmup: int, repeats: int, log: Callable[[str], None] = print
+) -> None:
     """Warm up each variant, then `repeats` rounds; round r runs every variant on batch r (rotating the order)."""
     for r in range(warmup):
         for s in steps:
@@ -185,7 +212,7 @@ def interleave(steps: Sequence[Step], n_batches: int, warmup: int, repeats: int,
     t0 = time.perf_counter()
     for r in range(repeats):
         k = r % n_batches
-        order = list(steps[r % len(steps):]) + list(steps[:r % len(steps)])
+        order = list(steps[r % len(steps) :]) + list(steps[: r % len(steps)])
         for s in order:
             s.timed(k)
         if (r + 1) % max(1, repeats // 4) == 0:
@@ -203,5 +230,7 @@ def paired_ratio(a: Step, b: Step, attr: str = "cpu") -> float:
 
 def summary_line(s: Step) -> str:
     q = statistics.quantiles(s.cpu, n=4) if len(s.cpu) >= 4 else [min(s.cpu), median(s.cpu), max(s.cpu)]
-    return (f"{s.name:<44} cpu median {median(s.cpu):8.1f} ms (IQR {q[0]:.1f}-{q[-1]:.1f})   "
-            f"wall median {median(s.wall):8.1f} ms   page faults/step {median(s.faults):8.0f}")
+    return (
+        f"{s.name:<44} cpu median {median(s.cpu):8.1f} ms (IQR {q[0]:.1f}-{q[-1]:.1f})   "
+        f"wall median {median(s.wall):8.1f} ms   page faults/step {median(s.faults):8.0f}"
+    )

@@ -69,11 +69,13 @@ def make_variant(name: str, student, teacher, batches, out_dir: str):
     else:
         mappings, losses = flat_flash_mappings(student, teacher)
         criterion = IntermediateLayersKnowledgeDistillationLoss(
-            student, teacher, mappings, loss_types=losses, early_stop_teacher=(name == "distill"))
+            student, teacher, mappings, loss_types=losses, early_stop_teacher=(name == "distill")
+        )
         trainer = DistillationTrainer(model=student, teacher_model=teacher, criterion=criterion, args=args)
 
         def extra(batch):
             return None
+
     optimizer = trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); training_step reads it
     model = trainer.model
@@ -110,8 +112,17 @@ def memory_child(variant: str, args) -> int:
         for k in range(args.memory_steps):
             step.run(k % len(batches))
         step_peak = C.hwm_rss_mib() if reset else float("nan")
-    print(json.dumps({"variant": variant, "rss_before_steps_mib": rss_before, "step_peak_rss_mib": step_peak,
-                      "process_peak_rss_mib": C.peak_rss_mib(), "steps": args.memory_steps}))
+    print(
+        json.dumps(
+            {
+                "variant": variant,
+                "rss_before_steps_mib": rss_before,
+                "step_peak_rss_mib": step_peak,
+                "process_peak_rss_mib": C.peak_rss_mib(),
+                "steps": args.memory_steps,
+            }
+        )
+    )
     return 0
 
 
@@ -146,21 +157,29 @@ def main() -> int:
         return memory_child(args.memory_child, args)
 
     print(C.machine_line())
-    print("student: MobileBERT 6 layers, hidden 128, bottleneck 64, 2 heads, intermediate 256, embedding 64 (eager); "
-          "teacher: all-MiniLM-L6-v2 6 layers, 12 heads, hidden 384 (eager)")
+    print(
+        "student: MobileBERT 6 layers, hidden 128, bottleneck 64, 2 heads, intermediate 256, embedding 64 (eager); "
+        "teacher: all-MiniLM-L6-v2 6 layers, 12 heads, hidden 384 (eager)"
+    )
     batches = prepare(args)
     lengths = [int(b["input_ids"].shape[1]) for b in batches]
-    print(f"data: {len(batches)} batches of 32 Rotten Tomatoes snippets, max_length 64, dynamic padding "
-          f"(padded lengths {min(lengths)}-{max(lengths)}, mean {sum(lengths) / len(lengths):.1f})")
+    print(
+        f"data: {len(batches)} batches of 32 Rotten Tomatoes snippets, max_length 64, dynamic padding "
+        f"(padded lengths {min(lengths)}-{max(lengths)}, mean {sum(lengths) / len(lengths):.1f})"
+    )
     base_student, base_teacher = C.build_student(), C.build_teacher()
     mappings, losses = flat_flash_mappings(base_student, base_teacher)
-    print(f"distillation criterion: {len(mappings)} mappings ({losses.count('KL')} attention KL, {losses.count('MSE')} "
-          f"layer-output MSE with Linear(128, 384) matchers), all student layers")
+    print(
+        f"distillation criterion: {len(mappings)} mappings ({losses.count('KL')} attention KL, {losses.count('MSE')} "
+        f"layer-output MSE with Linear(128, 384) matchers), all student layers"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         # Each variant gets its own student and teacher copies so that no hooks of one fire in another.
-        steps = {name: make_variant(name, copy.deepcopy(base_student), copy.deepcopy(base_teacher), batches, tmp)
-                 for name in VARIANTS}
+        steps = {
+            name: make_variant(name, copy.deepcopy(base_student), copy.deepcopy(base_teacher), batches, tmp)
+            for name in VARIANTS
+        }
         order = [steps["distill"], steps["plain_plus_teacher"], steps["distill_no_early_stop"]]
         print(f"timing: warm-up {args.warmup} rounds, {args.repeats} interleaved rounds, {THREADS} thread(s)")
         C.interleave(order, len(batches), args.warmup, args.repeats)
@@ -174,35 +193,58 @@ def main() -> int:
     ratio = C.paired_ratio(d, p)
     ratio_of_medians = C.median(d.cpu) / C.median(p.cpu)
     ratio_ne = C.paired_ratio(n, p)
-    print(f"\nratio distill / (plain + teacher fwd): {ratio:.3f} (median of paired ratios, CPU time); "
-          f"ratio of medians {ratio_of_medians:.3f}; wall {C.paired_ratio(d, p, 'wall'):.3f}")
-    print(f"  with early_stop_teacher=False: {ratio_ne:.3f} (CPU), wall {C.paired_ratio(n, p, 'wall'):.3f}  "
-          f"[early stop with all layers mapped skips only the pooler + classifier]")
+    print(
+        f"\nratio distill / (plain + teacher fwd): {ratio:.3f} (median of paired ratios, CPU time); "
+        f"ratio of medians {ratio_of_medians:.3f}; wall {C.paired_ratio(d, p, 'wall'):.3f}"
+    )
+    print(
+        f"  with early_stop_teacher=False: {ratio_ne:.3f} (CPU), wall {C.paired_ratio(n, p, 'wall'):.3f}  "
+        f"[early stop with all layers mapped skips only the pooler + classifier]"
+    )
 
     if not args.no_memory:
-        print("\npeak memory (each variant alone in a subprocess that loads only the batches and the models; "
-              f"one warm-up step, then the peak-RSS mark is reset and {args.memory_steps} steps run):")
+        print(
+            "\npeak memory (each variant alone in a subprocess that loads only the batches and the models; "
+            f"one warm-up step, then the peak-RSS mark is reset and {args.memory_steps} steps run):"
+        )
         with tempfile.TemporaryDirectory() as tmp:
             batches_file = os.path.join(tmp, "batches.pt")
             torch.save([dict(b) for b in batches[:8]], batches_file)
             for name in VARIANTS:
-                cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name, "--threads", str(THREADS),
-                       "--batches-file", batches_file, "--memory-steps", str(args.memory_steps)]
+                cmd = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--memory-child",
+                    name,
+                    "--threads",
+                    str(THREADS),
+                    "--batches-file",
+                    batches_file,
+                    "--memory-steps",
+                    str(args.memory_steps),
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True)
-                line = next((l for l in out.stdout.splitlines() if l.startswith("{")), None)
+                line = next((text for text in out.stdout.splitlines() if text.startswith("{")), None)
                 if out.returncode or line is None:
                     print(f"  {name}: failed ({out.returncode}): {out.stderr[-500:]}")
                     continue
                 m = json.loads(line)
-                print(f"  {name:<24} peak RSS during steps {m['step_peak_rss_mib']:6.0f} MiB (process peak "
-                      f"{m['process_peak_rss_mib']:.0f} MiB; RSS before the steps {m['rss_before_steps_mib']:.0f} MiB, "
-                      f"step peak - before = {m['step_peak_rss_mib'] - m['rss_before_steps_mib']:.0f} MiB)")
+                print(
+                    f"  {name:<24} peak RSS during steps {m['step_peak_rss_mib']:6.0f} MiB (process peak "
+                    f"{m['process_peak_rss_mib']:.0f} MiB; RSS before the steps {m['rss_before_steps_mib']:.0f} MiB, "
+                    f"step peak - before = {m['step_peak_rss_mib'] - m['rss_before_steps_mib']:.0f} MiB)"
+                )
     else:
-        print(f"\npeak RSS of this process (all three variants): {C.peak_rss_mib():.0f} MiB (per-variant memory skipped)")
+        print(
+            f"\npeak RSS of this process (all three variants): {C.peak_rss_mib():.0f} MiB (per-variant memory skipped)"
+        )
 
     ok = ratio <= TARGET
-    print(f"\n{'PASS' if ok else 'FAIL'}: distillation step {ratio:.3f}x plain step + teacher forward (target <= {TARGET:.2f}x), "
-          f"{THREADS} thread(s)")
+    print(
+        f"\n{'PASS' if ok else 'FAIL'}: distillation step {ratio:.3f}x plain step + teacher forward "
+        f"(target <= {TARGET:.2f}x), "
+        f"{THREADS} thread(s)"
+    )
     return 0
 
 

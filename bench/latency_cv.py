@@ -40,14 +40,26 @@ def models():
     mobile = build_model(
         MobileBertForSequenceClassification,
         default_mobilebert_base_config(num_labels=2),
-        {"hidden_size": 128, "intra_bottleneck_size": 64, "num_attention_heads": 2, "intermediate_size": 256,
-         "num_feedforward_networks": 2, "num_hidden_layers": 6},
+        {
+            "hidden_size": 128,
+            "intra_bottleneck_size": 64,
+            "num_attention_heads": 2,
+            "intermediate_size": 256,
+            "num_feedforward_networks": 2,
+            "num_hidden_layers": 6,
+        },
         seed=0,
     )
     torch.manual_seed(0)
     bert = BertForSequenceClassification(
-        BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=512, num_labels=2)
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=512,
+            num_labels=2,
+        )
     )
     return {"mobilebert-h128-b64-L6": mobile, "bert-tiny-h128-L2": bert}
 
@@ -62,18 +74,32 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cpus, torch {torch.__version__}")
-    print(f"protocol: batch {args.batch_size} x seq {args.seq_length}, {args.threads} thread(s), "
-          f"warmup {args.warmup}, repeats {args.repeats}, {args.calls} calls per model")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cpus, torch {torch.__version__}"
+    )
+    print(
+        f"protocol: batch {args.batch_size} x seq {args.seq_length}, {args.threads} thread(s), "
+        f"warmup {args.warmup}, repeats {args.repeats}, {args.calls} calls per model"
+    )
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     all_pass = True
     for name, model in models().items():
-        print(f"{name}: params {count_parameters(model):,}, FLOPs {count_flops(model, args.batch_size, args.seq_length):,}")
+        print(
+            f"{name}: params {count_parameters(model):,}, "
+            f"FLOPs {count_flops(model, args.batch_size, args.seq_length):,}"
+        )
         for timer in ("auto", "wall"):
             t0 = time.perf_counter()
             results = [
-                measure_latency(model, batch_size=args.batch_size, seq_length=args.seq_length,
-                                num_threads=args.threads, warmup=args.warmup, repeats=args.repeats, timer=timer)
+                measure_latency(
+                    model,
+                    batch_size=args.batch_size,
+                    seq_length=args.seq_length,
+                    num_threads=args.threads,
+                    warmup=args.warmup,
+                    repeats=args.repeats,
+                    timer=timer,
+                )
                 for _ in range(args.calls)
             ]
             medians = [r.median_ms for r in results]

@@ -108,7 +108,9 @@ def pad_collator(features):
     length = max(len(f["input_ids"]) for f in features)
     batch = {
         "input_ids": torch.tensor([list(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features]),
-        "attention_mask": torch.tensor([list(f["attention_mask"]) + [0] * (length - len(f["attention_mask"])) for f in features]),
+        "attention_mask": torch.tensor(
+            [list(f["attention_mask"]) + [0] * (length - len(f["attention_mask"])) for f in features]
+        ),
     }
     if "labels" in features[0]:
         batch["labels"] = torch.tensor([int(f["labels"]) for f in features])

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from autodistill_trainer.configs.autodistillation import AutoDistillationConfig
 from autodistill_trainer.recipe import apply_overrides, load_recipe, read_recipe
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,8 +20,13 @@ from autodistill_trainer.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 PRETRAINING = ROOT / "recipes" / "mobilebert_pretraining.yaml"
 SST2 = ROOT / "recipes" / "mobilebert_sst2.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 
 
 # ------------------------------------------------------------------------------------------------ shipped recipes
@@ -52,14 +57,25 @@ def test_pretraining_recipe_flash_distillation_is_the_designs_24_stages():
     assert len(stages) == 24
     for i, stage in enumerate(stages):
         attention, output = stage.layer_mappings
-        assert (attention.student_layer, attention.student_process) == (f"mobilebert.encoder.layer.{i}.attention.self", "1")
+        assert (attention.student_layer, attention.student_process) == (
+            f"mobilebert.encoder.layer.{i}.attention.self",
+            "1",
+        )
         assert (attention.teacher_layer, attention.teacher_process) == (f"bert.encoder.layer.{i}.attention.self", "1")
-        assert (output.student_layer, output.teacher_layer) == (f"mobilebert.encoder.layer.{i}.output", f"bert.encoder.layer.{i}.output")
+        assert (output.student_layer, output.teacher_layer) == (
+            f"mobilebert.encoder.layer.{i}.output",
+            f"bert.encoder.layer.{i}.output",
+        )
         assert stage.loss_types == ["KL", "MSE"] and stage.loss_weights == [0.5, 0.5] and stage.train_steps == 500
         assert stage.block_prefixes[-1] == f"mobilebert.encoder.layer.{i}"
     assert stages[0].block_prefixes == ["mobilebert.embeddings", "mobilebert.encoder.layer.0"]
     (mapping,) = regular.mappings()
-    assert (mapping.student_layer, mapping.student_process, mapping.teacher_layer, mapping.teacher_process) == ("cls", "0", "cls", "0")
+    assert (mapping.student_layer, mapping.student_process, mapping.teacher_layer, mapping.teacher_process) == (
+        "cls",
+        "0",
+        "cls",
+        "0",
+    )
     assert regular.train_steps == 25000 and regular.add_origin_loss is True
 
 
@@ -73,7 +89,11 @@ def test_pretraining_recipe_module_names_are_checked_offline():
 def test_sst2_recipe_validates_offline():
     recipe = load_recipe(str(SST2))
     assert recipe.data.task == "text-classification"
-    assert (recipe.data.dataset_name, recipe.data.dataset_config_name, recipe.data.text_column) == ("glue", "sst2", "sentence")
+    assert (recipe.data.dataset_name, recipe.data.dataset_config_name, recipe.data.text_column) == (
+        "glue",
+        "sst2",
+        "sentence",
+    )
     assert recipe.teacher.model_name_or_path == "textattack/bert-base-uncased-SST-2"
     assert recipe.model.student_class == "MobileBertForSequenceClassification"
     assert recipe.model.base_config["num_hidden_layers"] == 12 and recipe.evaluation.metrics == ["accuracy"]
@@ -145,7 +165,10 @@ def test_mlm_accuracy_scores_masked_tokens_from_argmax_ids():
     "change, message",
     [
         ({"data": {"task": "pretrain"}}, "data.task 'pretrain' is not supported"),
-        ({"teacher": {"model_name_or_path": None, "pretrained_encoder": "offline:all-MiniLM-L6-v2"}}, "teacher.pretrained_encoder"),
+        (
+            {"teacher": {"model_name_or_path": None, "pretrained_encoder": "offline:all-MiniLM-L6-v2"}},
+            "teacher.pretrained_encoder",
+        ),
         ({"auto_distillation": {"evaluation": {"metrics": ["accuracy"]}}}, "use metrics: \\[mlm_accuracy\\]"),
         ({"model": {"student_class": "MobileBertForSequenceClassification"}}, "does not take next_sentence_label"),
     ],
@@ -183,36 +206,85 @@ def pretraining_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pretraining")
     tokenizer = AutoTokenizer.from_pretrained(offline_teacher_path())
     torch.manual_seed(0)
-    teacher = BertForPreTraining(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, attn_implementation="eager",
-    ))
+    teacher = BertForPreTraining(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            attn_implementation="eager",
+        )
+    )
     teacher.save_pretrained(tmp / "teacher")
     tokenizer.save_pretrained(tmp / "teacher")
     snippets = load_rotten_tomatoes_demo()["train"].select(range(300))["text"]
     (tmp / "corpus.txt").write_text("\n\n".join(snippets) + "\n")
 
     recipe = {
-        "model": {"name": "tiny_pretraining", "student_class": "MobileBertForPreTraining",
-                  "base_config": {"num_hidden_layers": 2, "embedding_size": 32}},
+        "model": {
+            "name": "tiny_pretraining",
+            "student_class": "MobileBertForPreTraining",
+            "base_config": {"num_hidden_layers": 2, "embedding_size": 32},
+        },
         "teacher": {"model_name_or_path": str(tmp / "teacher")},
-        "data": {"task": "pretraining", "train_file": str(tmp / "corpus.txt"), "validation_split_size": 0.1,
-                 "max_length": 32, "max_eval_samples": 32},
+        "data": {
+            "task": "pretraining",
+            "train_file": str(tmp / "corpus.txt"),
+            "validation_split_size": 0.1,
+            "max_length": 32,
+            "max_eval_samples": 32,
+        },
         "auto_distillation": {
-            "search": {"search_space": {"hidden_size": [64, 96], "intra_bottleneck_size": [32], "num_attention_heads": [2],
-                                        "intermediate_size": [64], "num_feedforward_networks": [1]},
-                       "search_algorithm": "random", "metrics": ["mlm_accuracy", "latency"],
-                       "higher_is_better": [True, False], "max_trials": 2, "seed": 0},
+            "search": {
+                "search_space": {
+                    "hidden_size": [64, 96],
+                    "intra_bottleneck_size": [32],
+                    "num_attention_heads": [2],
+                    "intermediate_size": [64],
+                    "num_feedforward_networks": [1],
+                },
+                "search_algorithm": "random",
+                "metrics": ["mlm_accuracy", "latency"],
+                "higher_is_better": [True, False],
+                "max_trials": 2,
+                "seed": 0,
+            },
             "flash_distillation": {  # the design's hand-written form, for 2 layers
                 "block_names": [["mobilebert.embeddings", "mobilebert.encoder.layer.0"], "mobilebert.encoder.layer.1"],
                 "layer_mappings_for_knowledge_transfer": [
-                    [[f"mobilebert.encoder.layer.{i}.attention.self", "1", f"bert.encoder.layer.{i}.attention.self", "1"],
-                     [f"mobilebert.encoder.layer.{i}.output", f"bert.encoder.layer.{i}.output"]] for i in range(2)],
-                "loss_types": [["KL", "MSE"]] * 2, "loss_weights": [[0.5, 0.5]] * 2, "train_steps": [2, 2]},
-            "regular_distillation": {"layer_mappings_for_knowledge_transfer": [[["cls", "0", "cls", "0"]]],
-                                     "loss_types": [["KL"]], "add_origin_loss": [True], "train_steps": [3]},
-            "train": {"per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "learning_rate": 1e-3,
-                      "report_to": [], "save_strategy": "no", "disable_tqdm": True, "seed": 0, "logging_steps": 50},
+                    [
+                        [
+                            f"mobilebert.encoder.layer.{i}.attention.self",
+                            "1",
+                            f"bert.encoder.layer.{i}.attention.self",
+                            "1",
+                        ],
+                        [f"mobilebert.encoder.layer.{i}.output", f"bert.encoder.layer.{i}.output"],
+                    ]
+                    for i in range(2)
+                ],
+                "loss_types": [["KL", "MSE"]] * 2,
+                "loss_weights": [[0.5, 0.5]] * 2,
+                "train_steps": [2, 2],
+            },
+            "regular_distillation": {
+                "layer_mappings_for_knowledge_transfer": [[["cls", "0", "cls", "0"]]],
+                "loss_types": [["KL"]],
+                "add_origin_loss": [True],
+                "train_steps": [3],
+            },
+            "train": {
+                "per_device_train_batch_size": 8,
+                "per_device_eval_batch_size": 16,
+                "learning_rate": 1e-3,
+                "report_to": [],
+                "save_strategy": "no",
+                "disable_tqdm": True,
+                "seed": 0,
+                "logging_steps": 50,
+            },
             "evaluation": {"metrics": ["mlm_accuracy"], "latency_repeats": 3, "latency_warmup": 1},
         },
         "baseline": {"enabled": True, "train_steps": 2},
@@ -220,8 +292,14 @@ def pretraining_run(tmp_path_factory):
     }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    run = subprocess.run([sys.executable, str(ROOT / "run_autodistill.py"), str(path)], capture_output=True, text=True,
-                         timeout=600, env=ENV, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "run_autodistill.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return tmp / "out", run
 
@@ -251,7 +329,13 @@ def test_pretraining_best_model_fills_masks_with_a_plain_pipeline(pretraining_ru
         "print(type(fill.model).__name__, len(fill(f'the movie was {fill.tokenizer.mask_token} .')))\n"
         "assert not any(m.startswith('autodistill_trainer') for m in sys.modules)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code, str(out / "best_model")], capture_output=True, text=True,
-                         timeout=300, env=ENV, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(out / "best_model")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[-2:] == ["MobileBertForMaskedLM", "5"]
