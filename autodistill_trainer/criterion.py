@@ -13,18 +13,8 @@ from torch import nn
 from . import module_overrides
 from .attention_dropout import switch_off_attention_dropout
 from .criterion_setup import (
-    align_heads,
-    average_heads,
-    check_selected_feature,
-    dummy_batch,
-    filter_model_inputs,
-    hold_eager_attention,
-    is_attention_map,
-    is_probability_tensor,
-    model_device,
-    model_dtype,
-    model_input_names,
-    real_positions,
+    align_heads, average_heads, check_selected_feature, dummy_batch, filter_model_inputs, hold_eager_attention,
+    is_attention_map, is_probability_tensor, model_device, model_dtype, model_input_names, real_positions,
 )
 from .errors import ConfigError
 from .features import FeatureCapture, StopForward

@@ -349,8 +349,7 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
         output_dir = os.path.join("outputs", model.name)
     if not isinstance(output_dir, str) or not output_dir.strip():
         raise ConfigError(f"output_dir must be a non-empty path string, got {checks.shown(output_dir)}.")
-    if os.path.isfile(output_dir):
-        raise ConfigError(f"output_dir {output_dir!r} is a file; give a directory path.")
+    validation.check_output_dir(output_dir)
     if search.storage is not None:
         validation.check_storage_url(search.storage, "auto_distillation.search.storage")
 

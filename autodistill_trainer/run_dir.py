@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from .errors import ConfigError
+from .validation.environment import LOCK_FILE, MARKER_FILE, check_output_dir
 
 __all__ = [
     "MARKER_FILE", "LOCK_FILE", "BEST_MODEL_DIR", "OutputDirError", "NonFiniteModelError", "check_output_dir",
@@ -32,8 +33,6 @@ __all__ = [
     "check_finite_weights", "export_best_model",
 ]
 
-MARKER_FILE = ".autodistill.json"
-LOCK_FILE = ".autodistill.lock"
 BEST_MODEL_DIR = "best_model"
 EXPORT_MANIFEST = ".autodistill_export.json"
 
@@ -52,30 +51,6 @@ def atomic_write_json(path: str, data: Any) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)
     os.replace(tmp, path)
-
-
-def check_output_dir(path: str) -> None:
-    """Refuse an output directory that is unsafe or not ours (see the module docstring); create nothing."""
-    real = os.path.realpath(path)
-    home = os.path.realpath(os.path.expanduser("~"))
-    if real == os.path.realpath(os.sep) or real == home:
-        raise OutputDirError(f"output_dir {path!r} is {'/' if real != home else 'your home directory'}: "
-                             "give a dedicated directory (e.g. outputs/<name>).")
-    if os.path.exists(real) and not os.path.isdir(real):
-        raise OutputDirError(f"output_dir {path!r} is a file, not a directory: give a directory path.")
-    existing = real
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputDirError(f"output_dir {path!r} is not writable ({existing} is read-only): give a writable path.")
-    if os.path.isdir(real) and not os.path.isfile(os.path.join(real, MARKER_FILE)):
-        foreign = sorted(name for name in os.listdir(real) if name != LOCK_FILE)
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise OutputDirError(
-                f"output_dir {path!r} already holds files that are not autodistill output ({shown}): "
-                "give a new or empty directory."
-            )
 
 
 def _pid_alive(pid: int) -> bool:

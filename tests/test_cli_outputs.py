@@ -102,7 +102,7 @@ def test_directory_with_unrelated_files_is_refused_and_left_as_it_was(tmp_path, 
 def test_output_dir_that_is_a_file_gives_one_line(tmp_path, capsys, no_data_loading):
     target = tmp_path / "file"
     target.write_text("x")
-    assert "is a file, not a directory" in _refused(capsys, "--output_dir", str(target))
+    assert "is a file, not a directory" in _refused(capsys, "--output_dir", str(target))  # refused at validation
     assert target.read_text() == "x"
 
 

@@ -18,6 +18,7 @@ Value and range checks live with the typed configs (:mod:`autodistill_trainer.co
 
 from .environment import (
     STORAGE_CONNECT_TIMEOUT_S,
+    check_output_dir,
     check_metric_names,
     check_paths,
     check_report_to,
@@ -44,6 +45,7 @@ __all__ = [
     "check_latency_seq_length",
     "check_metric_names",
     "check_module_names",
+    "check_output_dir",
     "check_paths",
     "check_report_to",
     "check_search_space",

@@ -182,3 +182,32 @@ def hub_offline() -> bool:
     """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: nothing can be downloaded."""
     return any(os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+#: Files autodistill keeps in its output directory: the marker binding it to a run's inputs, and the lock.
+MARKER_FILE = ".autodistill.json"
+LOCK_FILE = ".autodistill.lock"
+
+
+def check_output_dir(path: str) -> None:
+    """Refuse an output directory that is unsafe or not ours (see the module docstring); create nothing."""
+    real = os.path.realpath(path)
+    home = os.path.realpath(os.path.expanduser("~"))
+    if real == os.path.realpath(os.sep) or real == home:
+        raise ConfigError(f"output_dir {path!r} is {'/' if real != home else 'your home directory'}: "
+                             "give a dedicated directory (e.g. outputs/<name>).")
+    if os.path.exists(real) and not os.path.isdir(real):
+        raise ConfigError(f"output_dir {path!r} is a file, not a directory: give a directory path.")
+    existing = real
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {path!r} is not writable ({existing} is read-only): give a writable path.")
+    if os.path.isdir(real) and not os.path.isfile(os.path.join(real, MARKER_FILE)):
+        foreign = sorted(name for name in os.listdir(real) if name != LOCK_FILE)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ConfigError(
+                f"output_dir {path!r} already holds files that are not autodistill output ({shown}): "
+                "give a new or empty directory."
+            )
