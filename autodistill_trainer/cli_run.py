@@ -179,18 +179,19 @@ def run(recipe: Recipe) -> int:
 def _claimed_output_dir(output_dir: str, fingerprint: dict[str, Any], is_main: bool) -> Iterator[None]:
     """Check, lock and claim ``output_dir`` on the main process; every process raises its error alike."""
     lock = OutputDirLock(output_dir)
-    error = None
-    if is_main:
-        try:
-            check_output_dir(output_dir)
-            lock.acquire()
-            claim_output_dir(output_dir, fingerprint)
-        except ConfigError as exc:
-            error = str(exc)
-        except OSError as exc:  # unwritable, full disk, ...: one line
-            error = f"output_dir {output_dir!r} cannot be written ({exc.strerror or exc}): give a writable directory."
-    error = _broadcast(error)
-    try:
+    try:  # released on any exit, Ctrl-C while claiming included
+        error = None
+        if is_main:
+            try:
+                check_output_dir(output_dir)
+                lock.acquire()
+                claim_output_dir(output_dir, fingerprint)
+            except ConfigError as exc:
+                error = str(exc)
+            except OSError as exc:  # unwritable, full disk, ...: one line
+                error = (f"output_dir {output_dir!r} cannot be written ({exc.strerror or exc}): give a writable "
+                         "directory.")
+        error = _broadcast(error)
         if error is not None:
             raise OutputDirError(error)
         yield

@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from .errors import ConfigError
+from .fileio import atomic_write_json, pid_alive
 from .validation.environment import LOCK_FILE, MARKER_FILE, check_output_dir
 
 __all__ = [
@@ -43,24 +44,6 @@ class OutputDirError(ConfigError):
 
 class NonFiniteModelError(RuntimeError):
     """A model about to be exported holds NaN or infinite weights."""
-
-
-def atomic_write_json(path: str, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file in the same directory and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class OutputDirLock:
@@ -83,7 +66,7 @@ class OutputDirLock:
                 if owner == {}:
                     continue  # released meanwhile
                 pid = owner.get("pid") if owner else None
-                if isinstance(pid, int) and pid > 0 and owner.get("host") == me["host"] and not _pid_alive(pid):
+                if isinstance(pid, int) and pid > 0 and owner.get("host") == me["host"] and not pid_alive(pid):
                     self._remove_stale()
                     continue
                 who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "another run"
@@ -91,9 +74,9 @@ class OutputDirLock:
                     f"output_dir {self.output_dir!r} is in use by {who} ({self.path}): wait for it to finish, or "
                     "use another output_dir (delete the lock file only if that run is gone)."
                 ) from None
+            self.held = True  # from here on, release() removes it (even if interrupted while writing)
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
-            self.held = True
             return
         raise OutputDirError(f"could not take the lock {self.path}: another run keeps taking it; retry.")
 

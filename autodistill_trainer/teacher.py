@@ -20,6 +20,7 @@ from transformers import (
 
 from .data import TEACHER_PIP, offline_teacher_path
 from .errors import ConfigError, did_you_mean
+from .fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,6 @@ def finetune_teacher(
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     if trainer.is_world_process_zero():
         trainer.save_model(teacher_dir)
-        with open(marker + ".tmp", "w") as f:
-            json.dump({"key": key, "encoder": encoder, "metrics": metrics}, f, indent=2)
-        os.replace(marker + ".tmp", marker)
+        atomic_write_json(marker, {"key": key, "encoder": encoder, "metrics": metrics})
     trainer.accelerator.wait_for_everyone()
     return model.eval(), metrics

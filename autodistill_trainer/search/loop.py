@@ -14,16 +14,28 @@ from transformers import set_seed
 
 from ..configs import AutoDistillationConfig, SearchConfig, parse_search_config
 from ..errors import ConfigError, InvalidArchitectureError
+from ..fileio import atomic_write_json
 from . import selection
 from .driver import StudyDriver, rank_world
 from .evaluation import (
-    PROFILE_KEYS, MissingMetricError, budget_violation, empty_cuda_cache, measure_profile, objective_values,
+    PROFILE_KEYS,
+    MissingMetricError,
+    budget_violation,
+    empty_cuda_cache,
+    measure_profile,
+    objective_values,
 )
 from .ledger import (
-    STATUS_FAILED, STATUS_INTERRUPTED, STATUS_INVALID, STATUS_NOT_NEEDED, STATUS_OVER_BUDGET, STATUS_TRAINED,
-    STATUS_TRAINING, trial_status,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    STATUS_INVALID,
+    STATUS_NOT_NEEDED,
+    STATUS_OVER_BUDGET,
+    STATUS_TRAINED,
+    STATUS_TRAINING,
+    trial_status,
 )
-from .results import RESULTS_FILENAME, AutoDistillationResult, atomic_write_json, failure_reasons, jsonable, rows_of
+from .results import RESULTS_FILENAME, AutoDistillationResult, failure_reasons, jsonable, rows_of
 
 logger = logging.getLogger(__name__)
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
-import os
-import socket
 from typing import Any, Mapping, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
@@ -22,7 +19,7 @@ from .ledger import (
     trial_status,
 )
 
-__all__ = ["AutoDistillationResult", "RESULTS_FILENAME", "atomic_write_json", "failure_reasons", "jsonable", "rows_of"]
+__all__ = ["AutoDistillationResult", "RESULTS_FILENAME", "failure_reasons", "jsonable", "rows_of"]
 
 RESULTS_FILENAME = "search_results.json"
 
@@ -69,16 +66,6 @@ def jsonable(value: Any) -> Any:
     if math.isnan(f) or math.isinf(f):
         return str(f)  # JSON has no NaN/inf; keep it readable
     return f
-
-
-def atomic_write_json(path: str, data: Any) -> None:
-    """Write ``data`` as JSON to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
-    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _row(t: FrozenTrial, status: str, arch: dict[str, Any], metric_names: Sequence[str]) -> dict[str, Any]:

@@ -16,32 +16,14 @@ from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ConfigError
+from ..fileio import pid_alive
 from .ledger import LiveTrials, trial_id
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Heartbeat", "create_or_load_study", "fail_dead_workers_trials", "make_storage", "pid_alive"]
+__all__ = ["Heartbeat", "create_or_load_study", "fail_dead_workers_trials", "make_storage"]
 
 DEFAULT_DB_FILENAME = "autodistill_study.db"
-
-
-def pid_alive(pid: int) -> bool:
-    """True when process ``pid`` exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode(errors="replace")
-        state = stat.rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):  # no procfs (macOS) or an unexpected format: kill(0) said it exists
-        return True
-    return state not in ("Z", "X")
 
 
 def _tune_sqlite(storage: optuna.storages.RDBStorage) -> None:
