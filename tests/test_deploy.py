@@ -126,3 +126,29 @@ def test_default_runtime_is_onnxruntime_when_installed_else_pytorch_said_in_the_
     assert lines[0].startswith("latency runtime: onnxruntime (default")
     assert lines[1] == ('latency runtime: pytorch (the default onnxruntime needs '
                         '`pip install "autodistill-trainer[onnx]"`: onnxruntime not installed)')
+
+
+def test_plan_defaults_to_onnxruntime_and_export_when_the_extra_is_installed():
+    from autodistill_trainer.deploy.runtimes import plan_deployment
+
+    plan = plan_deployment(None, None)
+    assert (plan.latency_runtime, plan.export_onnx, plan.runtimes) == ("onnxruntime", True, RUNTIMES)
+    assert plan_deployment("pytorch", False).export_onnx is False
+
+
+def test_plan_without_the_extra_says_it_once_and_refuses_explicit_onnx_options(monkeypatch, caplog):
+    import autodistill_trainer.deploy.runtimes as runtimes
+
+    monkeypatch.setattr(runtimes, "missing_onnx_packages", lambda: ["onnx", "onnxruntime"])
+    caplog.set_level("INFO", logger="autodistill_trainer.deploy.runtimes")
+    plan = runtimes.plan_deployment(None, None)
+    assert (plan.latency_runtime, plan.export_onnx, plan.runtimes) == ("pytorch", False, ("pytorch",))
+    assert [r.getMessage() for r in caplog.records] == [
+        'ONNX export and ONNX Runtime latency are off: they need `pip install "autodistill-trainer[onnx]"` '
+        "(onnx, onnxruntime not installed); latency runtime: pytorch"]
+    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: true needs onnx, onnxruntime"):
+        runtimes.plan_deployment(None, True)
+    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.latency_runtime: 'onnxruntime-int8' needs"):
+        runtimes.plan_deployment("onnxruntime-int8", False)
+    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: 'yes' is not a boolean"):
+        runtimes.plan_deployment("pytorch", "yes")

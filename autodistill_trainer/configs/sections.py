@@ -77,6 +77,17 @@ class EvaluationArguments:
     latency_num_threads: int = field(default=1, metadata={"help": "CPU threads during the latency measurement."})
     latency_warmup: int = field(default=10, metadata={"help": "Warm-up forwards before timing."})
     latency_repeats: int = field(default=30, metadata={"help": "Timed samples; the median is reported."})
+    latency_runtime: Optional[str] = field(
+        default=None,
+        metadata={"help": "Runtime the latency objective is measured in, for students and teacher alike: 'pytorch' "
+                          "(eager), 'onnxruntime' (ONNX fp32) or 'onnxruntime-int8' (ONNX, dynamic int8 weights). "
+                          "Default: 'onnxruntime' when the onnx extra is installed, else 'pytorch'."},
+    )
+    export_onnx: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Export the best student to best_model/onnx/ (model.onnx, model_int8.onnx), each checked "
+                          "against PyTorch. Default: true when the onnx extra is installed."},
+    )
 
 
 @dataclass

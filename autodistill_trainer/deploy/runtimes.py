@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from torch import nn
@@ -25,8 +26,8 @@ from . import ONNX_INSTALL_HINT, ONNX_RUNTIMES, RUNTIMES, missing_onnx_packages,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_runtime", "check_runtime", "measure_onnx_latency", "measure_runtime_latency",
-           "runtime_profile_func"]
+__all__ = ["DeploymentPlan", "plan_deployment", "default_runtime", "check_runtime", "measure_onnx_latency",
+           "measure_runtime_latency", "runtime_profile_func"]
 
 
 def default_runtime() -> str:
@@ -142,3 +143,40 @@ def runtime_profile_func(
         }
 
     return profile
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """What a run does for deployment: ``latency_runtime`` (the search objective's runtime), ``export_onnx``
+    (write ``best_model/onnx/``) and ``runtimes`` (those the deployment summary reports: ``pytorch``, plus the ONNX
+    runtimes when the ``onnx`` extra is installed)."""
+
+    latency_runtime: str
+    export_onnx: bool
+    runtimes: tuple[str, ...]
+
+
+def plan_deployment(latency_runtime: Optional[str], export_onnx: Optional[bool],
+                    prefix: str = "auto_distillation.evaluation") -> DeploymentPlan:
+    """Check the recipe's ``latency_runtime`` and ``export_onnx`` (None: the defaults) and resolve them.
+
+    Defaults: ``onnxruntime`` and an export when the ``onnx`` extra is installed; otherwise ``pytorch``, no export,
+    and ONE log line saying what the ONNX options need. An explicit ONNX runtime or ``export_onnx: true`` without
+    the extra, an unknown runtime, or a non-boolean ``export_onnx`` raise :class:`ConfigError` naming the key.
+    """
+    if latency_runtime is not None:
+        check_runtime(latency_runtime, f"{prefix}.latency_runtime")
+    if export_onnx is not None and not isinstance(export_onnx, bool):
+        raise ConfigError(f"{prefix}.export_onnx: {export_onnx!r} is not a boolean; use true or false.")
+    missing = missing_onnx_packages()
+    if export_onnx and missing:
+        raise ConfigError(f"{prefix}.export_onnx: true needs {', '.join(missing)}: run `{ONNX_INSTALL_HINT}`, "
+                          "or set it to false.")
+    if missing:
+        if latency_runtime is None or export_onnx is None:
+            logger.info("ONNX export and ONNX Runtime latency are off: they need `%s` (%s not installed); "
+                        "latency runtime: pytorch", ONNX_INSTALL_HINT, ", ".join(missing))
+        return DeploymentPlan(latency_runtime or "pytorch", False, ("pytorch",))
+    if latency_runtime is None:
+        logger.info("latency runtime: onnxruntime (default; set %s.latency_runtime to change it)", prefix)
+    return DeploymentPlan(latency_runtime or "onnxruntime", export_onnx is not False, RUNTIMES)
