@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from .deploy.summary import deployment_card_lines
 from .search import pareto_front
 
 logger = logging.getLogger(__name__)
@@ -267,6 +268,7 @@ def write_model_card(
     model_id: Optional[str] = None,
     pipeline_tag: str = "text-classification",
     majority_class_rate: Optional[float] = None,
+    deployment: Optional[dict] = None,
 ) -> Path:
     """Write ``README.md`` (a Hugging Face model card) for the distilled student in ``output_dir``.
 
@@ -284,6 +286,10 @@ def write_model_card(
             ``*ForPreTraining`` checkpoint loads with ``AutoModelForMaskedLM``); sets the metadata and the snippet.
         majority_class_rate: the share of the validation set's most frequent class; when student and teacher both
             score exactly that accuracy, the card says nothing was learned instead of an "accuracy retained" ratio.
+        deployment: the run's deployment section (``latency_runtime``, ``latency_protocol``, ``onnx_exported``) with
+            ``models``: the deployment entries of ``teacher``, ``best_student`` and ``baseline_without_distillation``
+            (see :mod:`autodistill_trainer.deploy.summary`); adds a "Deployment" section (score, latency, speed-up
+            vs the teacher in the same runtime, size on disk, per runtime) and the ONNX usage.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +332,8 @@ def write_model_card(
         lines += [""] + notes
     if search_summary.get("latency_protocol"):
         lines += ["", f"Latency protocol: {search_summary['latency_protocol']}."]
+
+    lines += deployment_card_lines(deployment)
 
     lines += ["", "## Architecture", "", "| parameter | value |", "|---|---:|"]
     lines += [f"| {k} | {_fmt_md(v)} |" for k, v in arch.items()]

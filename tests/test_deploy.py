@@ -152,3 +152,32 @@ def test_plan_without_the_extra_says_it_once_and_refuses_explicit_onnx_options(m
         runtimes.plan_deployment("onnxruntime-int8", False)
     with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: 'yes' is not a boolean"):
         runtimes.plan_deployment("pytorch", "yes")
+
+
+def test_a_search_ranks_students_by_the_latency_of_the_chosen_runtime(tmp_path):
+    from autodistill_trainer.search import AutoDistillation
+
+    def build(arch):
+        torch.manual_seed(0)
+        return MobileBertForSequenceClassification(tiny_mobilebert_config(num_hidden_layers=arch["num_hidden_layers"]))
+
+    measured = []
+    profile = runtime_profile_func("onnxruntime", batch_size=1, seq_length=16, **FAST)
+
+    def recorded(model):
+        measured.append(profile(model))
+        return measured[-1]
+
+    design = {"search": {"search_space": {"num_hidden_layers": [1, 4]}, "search_algorithm": "random",
+                         "metrics": ["latency", "params"], "higher_is_better": [False, False], "max_trials": 2,
+                         "seed": 0}}
+    agent = AutoDistillation(build, design, train_func=lambda model: None, profile_func=recorded,
+                             output_dir=str(tmp_path))
+    best = agent.search_loop()
+    profiles = {t.params["num_hidden_layers"]: t.user_attrs["profile"] for t in agent.study.get_trials()}
+    assert {p["latency_runtime"] for p in profiles.values()} == {"onnxruntime"}
+    rows = {r["arch"]["num_hidden_layers"]: r for r in agent.search_result}
+    assert rows[1]["latency"] == profiles[1]["latency"] == measured[[m["params"] for m in measured].index(
+        rows[1]["params"])]["latency"]
+    assert rows[1]["latency"] < rows[4]["latency"]  # a 4-layer graph runs 4x the blocks
+    assert best == {"num_hidden_layers": 1}

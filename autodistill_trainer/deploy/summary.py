@@ -27,7 +27,8 @@ from .runtimes import measure_runtime_latency
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LatencyProtocol", "directory_size_mb", "measure_deployment", "add_speedups"]
+__all__ = ["LatencyProtocol", "MODEL_LABELS", "directory_size_mb", "measure_deployment", "add_speedups",
+           "deployment_rows", "deployment_card_lines"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,56 @@ def add_speedups(entries: Mapping[str, Optional[dict[str, Any]]], teacher: str =
             for runtime, latency in entry.get("latency_by_runtime", {}).items()
             if reference.get(runtime) and latency
         }
+
+
+#: Display names of the summary's models, in table order.
+MODEL_LABELS = {"teacher": "teacher", "best_student": "best student (distilled)",
+                "baseline_without_distillation": "same arch, no distillation"}
+
+
+def deployment_rows(models: Mapping[str, Optional[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per (model, runtime) of the deployment entries in ``models`` (keys of :data:`MODEL_LABELS`):
+    ``{"model", "runtime", "score", "latency_ms", "speedup", "size_mb"}`` (None where not measured)."""
+    rows = []
+    for key, label in MODEL_LABELS.items():
+        entry = models.get(key)
+        if not entry:
+            continue
+        for runtime, latency in entry.get("latency_by_runtime", {}).items():
+            rows.append({"model": label, "runtime": runtime, "latency_ms": latency,
+                         "score": entry.get("accuracy_by_runtime", {}).get(runtime),
+                         "speedup": entry.get("speedup_by_runtime", {}).get(runtime),
+                         "size_mb": entry.get("size_mb_by_runtime", {}).get(runtime)})
+    return rows
+
+
+def deployment_card_lines(deployment: Optional[Mapping[str, Any]]) -> list[str]:
+    """The model card's "Deployment" section in Markdown lines (none without deployment entries).
+
+    ``deployment``: the run's deployment section (``latency_runtime``, ``latency_protocol``, ``onnx_exported``) with
+    ``models``, the entries of :data:`MODEL_LABELS`' keys."""
+    rows = deployment_rows((deployment or {}).get("models") or {})
+    if not rows:
+        return []
+    lines = ["", "## Deployment", "",
+             "Score on the validation set, latency (median, ms) and speed-up against the teacher in the same "
+             "runtime, size of the weights on disk."]
+    if deployment.get("latency_protocol"):
+        lines.append(f"Latency protocol: {deployment['latency_protocol'].replace('<runtime>, ', '')}.")
+    if deployment.get("latency_runtime"):
+        lines.append(f"The search ranked students by their `{deployment['latency_runtime']}` latency.")
+    lines += ["", "| model | runtime | score | latency (ms) | speed-up vs teacher | size (MB) |",
+              "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        score = "" if row["score"] is None else f"{100 * row['score']:.2f}%"
+        speedup = "" if row["speedup"] is None else f"{row['speedup']:.1f}x"
+        size = "" if row["size_mb"] is None else f"{row['size_mb']:.1f}"
+        lines.append(f"| {row['model']} | {row['runtime']} | {score} | {row['latency_ms']:.3g} | {speedup} "
+                     f"| {size} |")
+    if deployment.get("onnx_exported"):
+        lines += ["", "`onnx/model.onnx` (fp32) and `onnx/model_int8.onnx` (dynamic int8 weights) run with ONNX "
+                      "Runtime (inputs `input_ids`, `attention_mask`, `token_type_ids`; dynamic batch and sequence):",
+                  "", "```python", "import onnxruntime as ort", "",
+                  'session = ort.InferenceSession("onnx/model_int8.onnx", providers=["CPUExecutionProvider"])',
+                  "```"]
+    return lines
