@@ -181,3 +181,25 @@ def test_a_search_ranks_students_by_the_latency_of_the_chosen_runtime(tmp_path):
         rows[1]["params"])]["latency"]
     assert rows[1]["latency"] < rows[4]["latency"]  # a 4-layer graph runs 4x the blocks
     assert best == {"num_hidden_layers": 1}
+
+
+def test_pretraining_students_export_both_heads_and_score_mlm_accuracy_per_runtime(tmp_path):
+    from transformers import MobileBertForPreTraining
+
+    from autodistill_trainer.metrics import build_preprocess_logits_for_metrics
+
+    torch.manual_seed(0)
+    model = MobileBertForPreTraining(tiny_mobilebert_config()).eval()
+    exported = export_onnx(model, str(tmp_path))
+    assert exported.output_names == ["prediction_logits", "seq_relationship_logits"]
+    batches = []
+    for seed, seq_len in ((0, 10), (1, 7)):  # batches of different lengths: labels padded with -100 to concatenate
+        batch = random_batch(batch_size=3, seq_len=seq_len, pad_last=0, with_labels=False, seed=seed)
+        labels = torch.full_like(batch["input_ids"], -100)
+        labels[:, 1::3] = batch["input_ids"][:, 1::3]
+        batches.append({**batch, "labels": labels, "next_sentence_label": torch.tensor([0, 1, 0])})
+    results = check_exports(model, exported.paths, batches, build_compute_metrics(["mlm_accuracy"]),
+                            build_preprocess_logits_for_metrics(["mlm_accuracy"]))
+    assert results["onnxruntime"]["max_abs_diff"] < 1e-4
+    assert results["onnxruntime"]["mlm_accuracy"] == results["pytorch"]["mlm_accuracy"]
+    assert 0.0 <= results["onnxruntime-int8"]["mlm_accuracy"] <= 1.0

@@ -36,6 +36,8 @@ INT8_FILE = "model_int8.onnx"
 #: The opset of the exported graphs (ONNX Runtime >= 1.18 runs it; int8 dynamic quantization supports it).
 OPSET = 17
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+#: Label columns, in the order ``Trainer`` passes them (classification: labels; pretraining: MLM labels + NSP).
+_LABEL_NAMES = ("labels", "next_sentence_label")
 
 
 @dataclass
@@ -192,7 +194,8 @@ def check_exports(
 
     Returns ``{runtime: metrics}`` for ``pytorch`` and each runtime of ``paths``. Each ONNX runtime's metrics hold
     ``max_abs_diff``: the largest absolute difference of any output to PyTorch's over all batches (logits). With
-    ``compute_metrics`` (and ``labels`` in the batches) each runtime also gets the task metrics on the same
+    ``compute_metrics`` (and ``labels``, pretraining: also ``next_sentence_label``, in the batches) each runtime also
+    gets the task metrics on the same
     predictions pipeline as ``Trainer.evaluate`` (``preprocess_logits`` then ``compute_metrics``), so
     ``accuracy`` of each runtime is comparable with PyTorch's. The model runs on CPU in eval mode; its training
     mode is restored.
@@ -201,7 +204,7 @@ def check_exports(
     runtimes = ["pytorch", *sessions]
     predictions: dict[str, list[np.ndarray]] = {r: [] for r in runtimes}
     diffs = dict.fromkeys(sessions, 0.0)
-    labels: list[np.ndarray] = []
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in _LABEL_NAMES}
     device = next(iter(model.parameters())).device
     was_training = model.training
     model.eval()
@@ -217,15 +220,17 @@ def check_exports(
                 got = [torch.from_numpy(a) for a in run_session(session, inputs)]
                 diffs[runtime] = max(diffs[runtime], *(float((g - r).abs().max()) for g, r in zip(got, reference)))
                 predictions[runtime].append(_predictions(got, label, preprocess_logits))
-            if label is not None:
-                labels.append(label.cpu().numpy())
+            for name in _LABEL_NAMES:
+                if batch.get(name) is not None:
+                    labels[name].append(batch[name].cpu().numpy())
     finally:
         model.train(was_training)
     results: dict[str, dict[str, float]] = {r: {} for r in runtimes}
     for runtime in sessions:
         results[runtime]["max_abs_diff"] = diffs[runtime]
-    if compute_metrics is not None and labels:
-        label_ids = _pad_concat(labels)
+    given = [_pad_concat(arrays) for arrays in labels.values() if arrays]
+    if compute_metrics is not None and given:
+        label_ids = given[0] if len(given) == 1 else tuple(given)  # as Trainer passes several label columns
         for runtime in runtimes:
             scores = compute_metrics(EvalPrediction(predictions=_pad_concat(predictions[runtime]), label_ids=label_ids))
             results[runtime].update({k: float(v) for k, v in scores.items()})
