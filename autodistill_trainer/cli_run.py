@@ -177,7 +177,10 @@ def run(recipe: Recipe) -> int:
             write_model_card(staging, result.best_model_arch, student_metrics, teacher_metrics, card,
                              base_model=teacher_source, model_id=os.path.join(output_dir, "best_model"),
                              pipeline_tag=task.pipeline_tag, majority_class_rate=majority,
-                             deployment={**_deployment_section(deployment, protocol, deployed), "models": deployed})
+                             deployment={**_deployment_section(deployment, protocol, deployed), "models": deployed},
+                             license=recipe.model.license, dataset=data.dataset_name,
+                             dataset_config=data.dataset_config_name, score_key=score_key,
+                             training_hyperparameters=_hyperparameters(training, config))
 
         try:
             best_dir = export_best_model(result.best_model_dir, output_dir, finish)
@@ -230,6 +233,22 @@ def _claimed_output_dir(output_dir: str, fingerprint: dict[str, Any], is_main: b
         yield
     finally:
         lock.release()
+
+
+def _hyperparameters(training: Any, config: AutoDistillationConfig) -> dict[str, Any]:
+    """The model card's training hyperparameters: the trials' Trainer settings and the distillation phases'."""
+    flash, regular = config.flash_distillation, config.regular_distillation
+    found = {"learning_rate": training.learning_rate, "train_batch_size": training.per_device_train_batch_size,
+             "optimizer": getattr(training.optim, "value", training.optim),
+             "lr_scheduler_type": getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type),
+             "seed": training.seed}
+    if flash is not None:
+        found.update({"flash_distillation_steps": flash.train_steps, "flash_distillation_learning_rate":
+                      flash.learning_rate, "flash_distillation_temperature": flash.temperature})
+    if regular is not None:
+        found.update({"regular_distillation_steps": regular.train_steps, "regular_distillation_learning_rate":
+                      regular.learning_rate, "regular_distillation_temperature": regular.temperature})
+    return found
 
 
 def _validation_batches(dataset: Any, collator: Any, training: Any) -> Iterator[Any]:

@@ -79,3 +79,14 @@ def test_baseline_model_is_kept_and_console_and_card_show_the_deployment_table(d
     card = (out / "best_model" / "README.md").read_text()
     assert "## Deployment" in card and "| best student (distilled) | onnxruntime-int8 |" in card
     assert "The search ranked students by their `onnxruntime-int8` latency." in card
+
+
+def test_cli_model_card_metadata_names_the_hub_teacher_data_set_and_score(deploy_run):
+    from huggingface_hub import ModelCard
+
+    out, _, summary = deploy_run
+    data = ModelCard.load(out / "best_model" / "README.md").data
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"  # the recipe says offline:all-MiniLM-L6-v2
+    assert data.datasets == ["cornell-movie-review-data/rotten_tomatoes"] and data.license == "apache-2.0"
+    (result,) = data.eval_results
+    assert result.metric_type == "accuracy" and result.metric_value == summary["best_student"]["accuracy"]

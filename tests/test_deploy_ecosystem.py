@@ -23,3 +23,52 @@ def test_the_study_names_its_metrics_for_dashboards(tmp_path):
     (summary,) = optuna.get_all_study_summaries(agent.storage_url)
     reloaded = optuna.load_study(study_name=summary.study_name, storage=agent.storage_url)
     assert reloaded.metric_names == ["accuracy", "latency"]
+
+
+def _card(tmp_path, base_model, **kwargs):
+    from huggingface_hub import ModelCard
+
+    from autodistill_trainer.report import write_model_card
+
+    path = write_model_card(
+        tmp_path, {"hidden_size": 64}, metrics={"accuracy": 0.8, "latency": 1.5, "params": 1_000_000,
+                                                "runtime": 0.2, "samples_per_second": 300.0, "epoch": 1.0},
+        teacher_metrics={"accuracy": 0.85, "latency": 9.0, "latency_runtime": "onnxruntime", "steps_per_second": 5.0},
+        search_summary={"algorithm": "BO", "objectives": {"accuracy": "maximize", "latency": "minimize"},
+                        "baseline_without_distillation": {"accuracy": 0.7, "latency": 1.5, "epoch": 2.0}},
+        base_model=base_model, **kwargs)
+    return ModelCard.load(path), path.read_text()
+
+
+def test_model_card_metadata_parses_back_with_huggingface_hub(tmp_path):
+    card, text = _card(tmp_path, "offline:all-MiniLM-L6-v2", dataset="rotten_tomatoes_demo",
+                       training_hyperparameters={"learning_rate": 1e-3, "seed": 42})
+    data = card.data
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and data.license == "apache-2.0"
+    assert data.datasets == ["cornell-movie-review-data/rotten_tomatoes"]
+    (result,) = data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_split) == ("accuracy", 0.8, "validation")
+    assert result.task_type == "text-classification"
+    assert result.dataset_type == "cornell-movie-review-data/rotten_tomatoes"
+    assert "- learning_rate: 0.001" in text and "## Framework versions" in text and "- transformers " in text
+    assert "| metric | student | teacher | same arch, no distillation |" in text
+    assert "| accuracy | 0.8000 | 0.8500 | 0.7000 |" in text
+
+
+def test_model_card_tables_hold_no_bookkeeping_or_raw_dicts(tmp_path):
+    _, text = _card(tmp_path, "bert-base-uncased")
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    for word in ("runtime", "samples_per_second", "steps_per_second", "epoch"):
+        assert not [row for row in rows if word in row], word
+    assert "{'" not in text and "{\"" not in text.split("```")[0]  # no raw dict outside the code snippets
+    assert "- Objectives: accuracy: maximize, latency: minimize" in text
+
+
+def test_model_card_base_model_is_only_a_hub_id(tmp_path):
+    assert _card(tmp_path / "a", "bert-base-uncased")[0].data.base_model == "bert-base-uncased"
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    for source in (str(teacher_dir), "./outputs/teacher", "offline:unknown-model", None):
+        card, _ = _card(tmp_path / "b", source, license="mit")
+        assert card.data.base_model is None, source
+        assert card.data.license == "mit" and card.data.datasets is None

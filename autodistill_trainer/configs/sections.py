@@ -24,6 +24,11 @@ class ModelArguments:
         default=True,
         metadata={"help": "Initialise student word embeddings from the teacher's (PCA to the student's width)."},
     )
+    license: Optional[str] = field(
+        default=None,
+        metadata={"help": "License of the student in the model card metadata (e.g. apache-2.0); default: the shipped "
+                          "demo teacher's license, else none."},
+    )
 
 
 @dataclass
