@@ -149,7 +149,8 @@ def run(recipe: Recipe) -> int:
         write_results_table(result.rows, output_dir)
         plot_pareto_front(
             result.rows, os.path.join(output_dir, "pareto_front.png"),
-            pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key,
+            pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key, selected=best_row["number"],
+            x_label=f"Latency (ms): {protocol.describe(deployment.latency_runtime)}",
             teacher={"latency": teacher_metrics["latency"], score_key: teacher_metrics.get(score_key),
                      "label": "teacher"},
             baseline=baseline_metrics and {"latency": baseline_metrics["latency"], score_key:

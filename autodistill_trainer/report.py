@@ -160,6 +160,8 @@ def plot_pareto_front(
     pareto_numbers: Optional[Iterable[int]] = None,
     teacher: Optional[dict] = None,
     baseline: Optional[dict] = None,
+    selected: Optional[int] = None,
+    x_label: Optional[str] = None,
 ) -> Path:
     """Plot every trained trial (x: ``x_metric``, y: ``y_metric``) and its Pareto front; save a PNG.
 
@@ -168,6 +170,8 @@ def plot_pareto_front(
         pareto_numbers: trial numbers on the front (the search's own front); default :func:`front_numbers`.
         teacher: ``{"latency": 18.6, "accuracy": 0.852, "label": "teacher (MiniLM-L6)"}``, drawn as a labelled star.
         baseline: the same for a student trained without distillation, drawn as a labelled diamond.
+        selected: the trial number of the selected (exported) student, circled and labelled "selected".
+        x_label: the x axis label (default from ``x_metric``), e.g. the latency's runtime and protocol.
 
     Returns:
         The PNG path.
@@ -207,7 +211,11 @@ def plot_pareto_front(
                     xytext=(-9, 7) if is_teacher else (7, 7), ha="right" if is_teacher else "left",
                     fontsize=9, color=color)
 
-    ax.set_xlabel(_axis_label(x_metric))
+    chosen = [p for p in points if p[0] == selected]
+    for n, x, y in chosen:
+        ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:orange", linewidths=2.0,
+                   label=f"selected student (#{n})", zorder=6)
+    ax.set_xlabel(x_label or _axis_label(x_metric))
     ax.set_ylabel(_axis_label(y_metric))
     all_y = [p[2] for p in points] + references
     if y_metric in _PERCENT_METRICS and all_y and max(all_y) <= 1.0:

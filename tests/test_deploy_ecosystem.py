@@ -72,3 +72,25 @@ def test_model_card_base_model_is_only_a_hub_id(tmp_path):
         card, _ = _card(tmp_path / "b", source, license="mit")
         assert card.data.base_model is None, source
         assert card.data.license == "mit" and card.data.datasets is None
+
+
+def test_pareto_plot_circles_the_selected_student_and_names_the_latency_runtime(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    import autodistill_trainer.report as report
+
+    figures = []
+
+    class Recorded(Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+
+    monkeypatch.setattr(report, "Figure", Recorded)
+    rows = [{"number": n, "status": "trained", "metrics": {"latency": lat, "accuracy": acc}}
+            for n, lat, acc in ((0, 1.0, 0.7), (1, 2.0, 0.8), (2, 3.0, 0.75))]
+    label = "Latency (ms): onnxruntime, batch 1 x 64 tokens, 1 thread(s), 10 warm-up runs, median of 30"
+    report.plot_pareto_front(rows, tmp_path / "p.png", selected=1, x_label=label)
+    (ax,) = figures[0].axes
+    assert ax.get_xlabel() == label
+    assert "selected student (#1)" in ax.get_legend_handles_labels()[1]
