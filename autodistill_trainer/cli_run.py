@@ -262,7 +262,7 @@ def _deployment_section(plan: DeploymentPlan, protocol: LatencyProtocol,
     """summary.json's ``deployment``: the search's latency runtime, the protocol, the runtimes, the export time."""
     student = deployed.get("best_student") or {}
     return {"latency_runtime": plan.latency_runtime, "runtimes": list(plan.runtimes),
-            "latency_protocol": protocol.describe("<runtime>"), "onnx_exported": plan.export_onnx,
+            "latency_protocol": protocol.text(), "onnx_exported": plan.export_onnx,
             "export_s": student.get("export_s")}
 
 

@@ -110,7 +110,7 @@ def format_deployment(summary: Mapping[str, Any], score_key: str) -> str:
     section = summary.get("deployment") or {}
     header = "  deployment: latency per runtime"
     if section.get("latency_protocol"):
-        header += f" ({section['latency_protocol'].replace('<runtime>, ', '')})"
+        header += f" ({section['latency_protocol']})"
     if section.get("latency_runtime"):
         header += f"; the search ranked students by {section['latency_runtime']} latency"
 

@@ -90,3 +90,41 @@ def test_cli_model_card_metadata_names_the_hub_teacher_data_set_and_score(deploy
     assert data.datasets == ["cornell-movie-review-data/rotten_tomatoes"] and data.license == "apache-2.0"
     (result,) = data.eval_results
     assert result.metric_type == "accuracy" and result.metric_value == summary["best_student"]["accuracy"]
+
+
+@pytest.fixture
+def without_onnx(monkeypatch):
+    """As if the onnx extra were not installed: its packages (and our module that imports them) cannot be imported."""
+    for name in ("onnx", "onnxruntime", "onnxscript", "autodistill_trainer.deploy.onnx_export"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_without_the_onnx_extra_the_run_works_in_pytorch_and_says_so_once(tmp_path, without_onnx, caplog, capsys):
+    sys.path.insert(0, str(ROOT))
+    import run_autodistill
+
+    caplog.set_level("INFO")
+    rc = run_autodistill.main([str(SMOKE), "--output_dir", str(tmp_path / "out"), "--max_trials", "1"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    hints = [r.getMessage() for r in caplog.records if "autodistill-trainer[onnx]" in r.getMessage()]
+    assert hints == ["ONNX export and ONNX Runtime latency are off: they need "
+                     '`pip install "autodistill-trainer[onnx]"` (onnx, onnxruntime, onnxscript not installed); '
+                     "latency runtime: pytorch"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["deployment"]["runtimes"] == ["pytorch"] and summary["deployment"]["latency_runtime"] == "pytorch"
+    assert list(summary["best_student"]["latency_by_runtime"]) == ["pytorch"]
+    assert not (tmp_path / "out" / "best_model" / "onnx").exists()
+
+
+@pytest.mark.parametrize("override, key", [("--latency_runtime=onnxruntime-int8", "latency_runtime"),
+                                           ("--export_onnx=true", "export_onnx")])
+def test_without_the_onnx_extra_an_explicit_onnx_option_is_refused_naming_the_key(tmp_path, without_onnx, capsys,
+                                                                                  override, key):
+    sys.path.insert(0, str(ROOT))
+    import run_autodistill
+
+    rc = run_autodistill.main([str(SMOKE), "--output_dir", str(tmp_path / "out"), *override.split("=")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: auto_distillation.evaluation.{key}: ") and err.count("\n") == 1, err
+    assert 'pip install "autodistill-trainer[onnx]"' in err
+    assert not (tmp_path / "out").exists()  # refused before the output directory is touched

@@ -41,10 +41,14 @@ class LatencyProtocol:
     warmup: int = 10
     repeats: int = 30
 
-    def describe(self, runtime: str) -> str:
-        """One line for reports, e.g. ``onnxruntime, batch 1 x 64 tokens, 1 thread(s), median of 30``."""
-        return (f"{runtime}, batch {self.batch_size} x {self.seq_length} tokens, {self.num_threads} thread(s), "
+    def text(self) -> str:
+        """The protocol in words, e.g. ``batch 1 x 64 tokens, 1 thread(s), 10 warm-up runs, median of 30``."""
+        return (f"batch {self.batch_size} x {self.seq_length} tokens, {self.num_threads} thread(s), "
                 f"{self.warmup} warm-up runs, median of {self.repeats}")
+
+    def describe(self, runtime: str) -> str:
+        """The protocol in one runtime, e.g. ``onnxruntime, batch 1 x 64 tokens, ...``."""
+        return f"{runtime}, {self.text()}"
 
 
 def directory_size_mb(directory: str, suffixes: Sequence[str] = (".safetensors", ".bin", ".onnx", ".data")) -> float:
@@ -153,7 +157,7 @@ def deployment_card_lines(deployment: Optional[Mapping[str, Any]]) -> list[str]:
              "Score on the validation set, latency (median, ms) and speed-up against the teacher in the same "
              "runtime, size of the weights on disk."]
     if deployment.get("latency_protocol"):
-        lines.append(f"Latency protocol: {deployment['latency_protocol'].replace('<runtime>, ', '')}.")
+        lines.append(f"Latency protocol: {deployment['latency_protocol']}.")
     if deployment.get("latency_runtime"):
         lines.append(f"The search ranked students by their `{deployment['latency_runtime']}` latency.")
     lines += ["", "| model | runtime | score | latency (ms) | speed-up vs teacher | size (MB) |",
