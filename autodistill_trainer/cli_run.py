@@ -23,7 +23,7 @@ from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_tea
 from .errors import ConfigError
 from .cli_summary import format_summary, majority_class_rate, no_trained_message, pick_metrics, trial_counts
 from .data import tokenize_dataset
-from .deploy.runtimes import DeploymentPlan, plan_deployment, runtime_profile_func
+from .deploy.runtimes import DeploymentPlan, fingerprint_with_runtime, plan_deployment, runtime_profile_func
 from .deploy.summary import LatencyProtocol, add_speedups, measure_deployment
 from .metrics import build_compute_metrics, build_preprocess_logits_for_metrics
 from .recipe import Recipe
@@ -59,7 +59,9 @@ def run(recipe: Recipe) -> int:
     output_dir, is_main = training.output_dir, training.process_index == 0
 
     # 1. Output directory: checked, locked and bound to this run's inputs before anything heavy is loaded.
-    with _claimed_output_dir(output_dir, run_fingerprint(data, teacher_args, config.search), is_main):
+    fingerprint = fingerprint_with_runtime(run_fingerprint(data, teacher_args, config.search),
+                                           deployment.latency_runtime)
+    with _claimed_output_dir(output_dir, fingerprint, is_main):
         set_seed(training.seed)
 
         # 2. Data, the teacher's tokenizer, tokenized data (cached in output_dir).

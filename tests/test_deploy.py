@@ -203,3 +203,19 @@ def test_pretraining_students_export_both_heads_and_score_mlm_accuracy_per_runti
     assert results["onnxruntime"]["max_abs_diff"] < 1e-4
     assert results["onnxruntime"]["mlm_accuracy"] == results["pytorch"]["mlm_accuracy"]
     assert 0.0 <= results["onnxruntime-int8"]["mlm_accuracy"] <= 1.0
+
+
+def test_a_study_measured_in_one_runtime_is_not_resumed_in_another(tmp_path):
+    from autodistill_trainer.deploy.runtimes import fingerprint_with_runtime
+    from autodistill_trainer.run_dir import OutputDirError, claim_output_dir, commit_output_dir
+
+    base = {"task": "text-classification", "objectives": {"metrics": ["accuracy", "latency"]}}
+    assert fingerprint_with_runtime(base, "pytorch") == base  # studies from before runtimes resume in pytorch
+    ort_fp = fingerprint_with_runtime(base, "onnxruntime")
+    assert ort_fp["objectives"] == {"metrics": ["accuracy", "latency"], "latency_runtime": "onnxruntime"}
+    claim_output_dir(str(tmp_path), ort_fp)
+    commit_output_dir(str(tmp_path))
+    (tmp_path / "autodistill_study.db").write_text("")
+    assert claim_output_dir(str(tmp_path), fingerprint_with_runtime(base, "onnxruntime")) is False
+    with pytest.raises(OutputDirError, match=r"objectives.latency_runtime differ"):
+        claim_output_dir(str(tmp_path), fingerprint_with_runtime(base, "onnxruntime-int8"))

@@ -26,8 +26,8 @@ from . import ONNX_INSTALL_HINT, ONNX_RUNTIMES, RUNTIMES, missing_onnx_packages,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DeploymentPlan", "plan_deployment", "default_runtime", "check_runtime", "measure_onnx_latency",
-           "measure_runtime_latency", "runtime_profile_func"]
+__all__ = ["DeploymentPlan", "plan_deployment", "fingerprint_with_runtime", "default_runtime", "check_runtime",
+           "measure_onnx_latency", "measure_runtime_latency", "runtime_profile_func"]
 
 
 def default_runtime() -> str:
@@ -180,3 +180,16 @@ def plan_deployment(latency_runtime: Optional[str], export_onnx: Optional[bool],
     if latency_runtime is None:
         logger.info("latency runtime: onnxruntime (default; set %s.latency_runtime to change it)", prefix)
     return DeploymentPlan(latency_runtime or "onnxruntime", export_onnx is not False, RUNTIMES)
+
+
+def fingerprint_with_runtime(fingerprint: dict[str, Any], latency_runtime: str) -> dict[str, Any]:
+    """The run fingerprint (``run_dir.run_fingerprint``) with the latency runtime among its objectives.
+
+    A study's latencies are comparable only within one runtime, so resuming it in another is refused by the output
+    directory's fingerprint check. ``pytorch`` (what studies measured before runtimes existed) adds nothing, so
+    those studies still resume in ``pytorch``.
+    """
+    if latency_runtime == "pytorch":
+        return fingerprint
+    objectives = {**fingerprint.get("objectives", {}), "latency_runtime": latency_runtime}
+    return {**fingerprint, "objectives": objectives}
