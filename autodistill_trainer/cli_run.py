@@ -146,8 +146,12 @@ def run(recipe: Recipe) -> int:
         # 7. Reports and the exported best model (finite weights only; only our own files are replaced).
         best_row, score_key = result.best_row, task.score_key
         student_metrics = {**best_row["metrics"], "params": best_row.get("params"), "flops": best_row.get("flops")}
-        if baseline_metrics is not None:  # same architecture: the search's latency, params and FLOPs
-            baseline_metrics.update({k: student_metrics.get(k) for k in ("latency", "params", "flops")})
+        deployed = {"teacher": teacher_deployment, "best_student": None,
+                    "baseline_without_distillation": baseline_model and deploy(baseline_model, baseline_metrics)}
+        if baseline_metrics is not None:  # same architecture: params and FLOPs; its own latency, in the search runtime
+            baseline_metrics.update({k: student_metrics.get(k) for k in ("params", "flops")})
+            baseline_metrics["latency"] = deployed["baseline_without_distillation"]["latency_by_runtime"][
+                deployment.latency_runtime]
         write_results_table(result.rows, output_dir)
         plot_pareto_front(
             result.rows, os.path.join(output_dir, "pareto_front.png"),
@@ -160,8 +164,6 @@ def run(recipe: Recipe) -> int:
         )
         majority = majority_class_rate(tokenized["validation"]) if score_key == "accuracy" else None
         counts = trial_counts(result.rows)
-        deployed = {"teacher": teacher_deployment, "best_student": None,
-                    "baseline_without_distillation": baseline_model and deploy(baseline_model, baseline_metrics)}
         card = {
             "algorithm": config.search.search_algorithm, "n_trials": counts["trained"], "completed": counts["complete"],
             "objectives": dict(zip(config.search.metrics, config.search.directions)), "recipe": recipe.path,

@@ -128,3 +128,10 @@ def test_without_the_onnx_extra_an_explicit_onnx_option_is_refused_naming_the_ke
     assert rc == 2 and err.startswith(f"error: auto_distillation.evaluation.{key}: ") and err.count("\n") == 1, err
     assert 'pip install "autodistill-trainer[onnx]"' in err
     assert not (tmp_path / "out").exists()  # refused before the output directory is touched
+
+
+def test_baseline_latency_is_its_own_measurement_in_the_search_runtime(deploy_run):
+    _, _, summary = deploy_run
+    baseline = summary["baseline_without_distillation"]
+    assert baseline["latency"] == baseline["latency_by_runtime"]["onnxruntime-int8"]
+    assert baseline["params"] == summary["best_student"]["params"]
