@@ -9,11 +9,12 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 import transformers
+from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 
 from .builders import build_model, student_base_config
@@ -22,8 +23,9 @@ from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_tea
 from .errors import ConfigError
 from .cli_summary import format_summary, majority_class_rate, no_trained_message, pick_metrics, trial_counts
 from .data import tokenize_dataset
+from .deploy.runtimes import DeploymentPlan, fingerprint_with_runtime, plan_deployment, runtime_profile_func
+from .deploy.summary import LatencyProtocol, add_speedups, measure_deployment
 from .metrics import build_compute_metrics, build_preprocess_logits_for_metrics
-from .profiling import profile_model
 from .recipe import Recipe
 from .report import plot_pareto_front, write_model_card, write_results_table
 from .guards import teacher_in_dtype
@@ -49,6 +51,7 @@ def run(recipe: Recipe) -> int:
     config = recipe.autodistillation
     task = get_task(recipe.data.task)
     data, teacher_args, evaluation = recipe.data, recipe.teacher, recipe.evaluation
+    deployment = plan_deployment(evaluation.latency_runtime, evaluation.export_onnx)  # ConfigError before any work
     training = recipe.training
     if not torch.cuda.is_available() and not training.use_cpu:
         # Without use_cpu, accelerate runs CPU processes without DDP: ranks would drift apart.
@@ -56,7 +59,9 @@ def run(recipe: Recipe) -> int:
     output_dir, is_main = training.output_dir, training.process_index == 0
 
     # 1. Output directory: checked, locked and bound to this run's inputs before anything heavy is loaded.
-    with _claimed_output_dir(output_dir, run_fingerprint(data, teacher_args, config.search), is_main):
+    fingerprint = fingerprint_with_runtime(run_fingerprint(data, teacher_args, config.search),
+                                           deployment.latency_runtime)
+    with _claimed_output_dir(output_dir, fingerprint, is_main):
         set_seed(training.seed)
 
         # 2. Data, the teacher's tokenizer, tokenized data (cached in output_dir).
@@ -73,7 +78,18 @@ def run(recipe: Recipe) -> int:
         compute_metrics = build_compute_metrics(evaluation.metrics,
                                                 trust_remote_code=evaluation.trust_remote_code)
         preprocess_logits = build_preprocess_logits_for_metrics(evaluation.metrics)  # MLM: argmax ids, not logits
-        profile = _profiler(evaluation, evaluation.latency_seq_length or data.max_length)
+        protocol = LatencyProtocol(
+            evaluation.latency_batch_size, evaluation.latency_seq_length or data.max_length,
+            evaluation.latency_num_threads, evaluation.latency_warmup, evaluation.latency_repeats)
+        profile = runtime_profile_func(deployment.latency_runtime, protocol.batch_size, protocol.seq_length,
+                                       protocol.num_threads, protocol.warmup, protocol.repeats)
+
+        def deploy(model: torch.nn.Module, metrics: dict[str, Any], onnx_dir: Optional[str] = None) -> dict[str, Any]:
+            """The model's deployment entry (score, latency, size per runtime) on the validation set."""
+            return measure_deployment(
+                model, deployment.runtimes, lambda: _validation_batches(tokenized["validation"], collator, training),
+                protocol, task.score_key, compute_metrics, preprocess_logits, pytorch_metrics=metrics,
+                onnx_dir=onnx_dir)
 
         # 3. Teacher: loaded, or fine-tuned once (cached in output_dir/teacher); evaluated and profiled.
         teacher, teacher_metrics = task.load_teacher(teacher_args, TeacherSetup(
@@ -84,6 +100,7 @@ def run(recipe: Recipe) -> int:
         teacher.eval()
         teacher_metrics.update(profile(teacher))
         logger.info("Teacher: %s", pick_metrics(teacher_metrics, task.score_key))
+        teacher_deployment = deploy(teacher, teacher_metrics) if is_main else None  # as loaded, before any dtype
         if is_main:  # inputs validated, teacher ready: bind the directory for good, replace the resolved recipe
             commit_output_dir(output_dir)
             atomic_write_json(os.path.join(output_dir, "recipe.resolved.json"), recipe.raw)
@@ -119,22 +136,28 @@ def run(recipe: Recipe) -> int:
             return _finish_distributed(1)
 
         # 6. Baseline: the best architecture trained on labels only, as long as the distillation ran (all ranks).
-        baseline_metrics = None
+        baseline_metrics, baseline_model = None, None
         if recipe.baseline.enabled:
-            baseline_metrics = _train_baseline(recipe, config, training, model_builder, result.best_model_arch,
-                                               teacher, tokenized, collator, compute_metrics, preprocess_logits)
+            baseline_model, baseline_metrics = _train_baseline(
+                recipe, config, training, model_builder, result.best_model_arch, teacher, tokenized, collator,
+                compute_metrics, preprocess_logits)
         if not is_main:
             return _finish_distributed(0)
 
         # 7. Reports and the exported best model (finite weights only; only our own files are replaced).
         best_row, score_key = result.best_row, task.score_key
         student_metrics = {**best_row["metrics"], "params": best_row.get("params"), "flops": best_row.get("flops")}
-        if baseline_metrics is not None:  # same architecture: the search's latency, params and FLOPs
-            baseline_metrics.update({k: student_metrics.get(k) for k in ("latency", "params", "flops")})
+        deployed = {"teacher": teacher_deployment, "best_student": None,
+                    "baseline_without_distillation": baseline_model and deploy(baseline_model, baseline_metrics)}
+        if baseline_metrics is not None:  # same architecture: params and FLOPs; its own latency, in the search runtime
+            baseline_metrics.update({k: student_metrics.get(k) for k in ("params", "flops")})
+            baseline_metrics["latency"] = deployed["baseline_without_distillation"]["latency_by_runtime"][
+                deployment.latency_runtime]
         write_results_table(result.rows, output_dir)
         plot_pareto_front(
             result.rows, os.path.join(output_dir, "pareto_front.png"),
-            pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key,
+            pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key, selected=best_row["number"],
+            x_label=f"Latency (ms): {protocol.describe(deployment.latency_runtime)}",
             teacher={"latency": teacher_metrics["latency"], score_key: teacher_metrics.get(score_key),
                      "label": "teacher"},
             baseline=baseline_metrics and {"latency": baseline_metrics["latency"], score_key:
@@ -148,16 +171,25 @@ def run(recipe: Recipe) -> int:
             "dataset": data.dataset_name or data.train_file, "best_trial": best_row["number"],
             "distillation": " + ".join(name for name, phase in (("flash", config.flash_distillation),
                                                                 ("regular", config.regular_distillation)) if phase),
-            "latency_protocol": f"batch {evaluation.latency_batch_size} x "
-                                f"{evaluation.latency_seq_length or data.max_length} tokens, "
-                                f"{evaluation.latency_num_threads} thread(s), median of {evaluation.latency_repeats}",
+            "latency_protocol": protocol.describe(deployment.latency_runtime),
             "baseline_without_distillation": baseline_metrics and pick_metrics(baseline_metrics, score_key),
         }
+
+        def finish(staging: str) -> None:  # in best_model/'s staging directory: the manifest lists these files
+            student = model_cls.from_pretrained(result.best_model_dir)
+            onnx_dir = os.path.join(staging, "onnx") if deployment.export_onnx else None
+            deployed["best_student"] = deploy(student, student_metrics, onnx_dir)
+            add_speedups(deployed)
+            write_model_card(staging, result.best_model_arch, student_metrics, teacher_metrics, card,
+                             base_model=teacher_source, model_id=os.path.join(output_dir, "best_model"),
+                             pipeline_tag=task.pipeline_tag, majority_class_rate=majority,
+                             deployment={**_deployment_section(deployment, protocol, deployed), "models": deployed},
+                             license=recipe.model.license, dataset=data.dataset_name,
+                             dataset_config=data.dataset_config_name, score_key=score_key,
+                             training_hyperparameters=_hyperparameters(training, config))
+
         try:
-            best_dir = export_best_model(result.best_model_dir, output_dir, lambda staging: write_model_card(
-                staging, result.best_model_arch, student_metrics, teacher_metrics, card, base_model=teacher_source,
-                model_id=os.path.join(output_dir, "best_model"), pipeline_tag=task.pipeline_tag,
-                majority_class_rate=majority))
+            best_dir = export_best_model(result.best_model_dir, output_dir, finish)
         except NonFiniteModelError as error:
             print(f"error: the best model (trial #{best_row['number']}, {result.best_model_dir}) was not exported: "
                   f"{error}; lower the learning rate or temperature and rerun.", file=sys.stderr)
@@ -169,7 +201,11 @@ def run(recipe: Recipe) -> int:
             "speedup": teacher_metrics["latency"] / student_metrics["latency"], "trials": counts,
             "max_trials": config.search.max_trials, "majority_class_rate": majority,
             "wall_time_s": time.time() - start, "best_model": best_dir,
+            "deployment": _deployment_section(deployment, protocol, deployed),
         }
+        for name, entry in deployed.items():
+            if summary.get(name) is not None and entry is not None:
+                summary[name].update(entry)
         atomic_write_json(os.path.join(output_dir, "summary.json"), summary)
         print(format_summary(summary, score_key, output_dir))
         return _finish_distributed(0)
@@ -199,15 +235,34 @@ def _claimed_output_dir(output_dir: str, fingerprint: dict[str, Any], is_main: b
         lock.release()
 
 
-def _profiler(evaluation: Any, seq_length: int) -> Callable[[torch.nn.Module], dict[str, Any]]:
-    def profile(model: torch.nn.Module) -> dict[str, Any]:
-        return profile_model(
-            model, batch_size=evaluation.latency_batch_size, seq_length=seq_length,
-            num_threads=evaluation.latency_num_threads, warmup=evaluation.latency_warmup,
-            repeats=evaluation.latency_repeats,
-        )
+def _hyperparameters(training: Any, config: AutoDistillationConfig) -> dict[str, Any]:
+    """The model card's training hyperparameters: the trials' Trainer settings and the distillation phases'."""
+    flash, regular = config.flash_distillation, config.regular_distillation
+    found = {"learning_rate": training.learning_rate, "train_batch_size": training.per_device_train_batch_size,
+             "optimizer": getattr(training.optim, "value", training.optim),
+             "lr_scheduler_type": getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type),
+             "seed": training.seed}
+    if flash is not None:
+        found.update({"flash_distillation_steps": flash.train_steps, "flash_distillation_learning_rate":
+                      flash.learning_rate, "flash_distillation_temperature": flash.temperature})
+    if regular is not None:
+        found.update({"regular_distillation_steps": regular.train_steps, "regular_distillation_learning_rate":
+                      regular.learning_rate, "regular_distillation_temperature": regular.temperature})
+    return found
 
-    return profile
+
+def _validation_batches(dataset: Any, collator: Any, training: Any) -> Iterator[Any]:
+    """The validation set in evaluation batches, for the deployment checks (same batches for every runtime)."""
+    return iter(DataLoader(dataset, batch_size=training.per_device_eval_batch_size, collate_fn=collator))
+
+
+def _deployment_section(plan: DeploymentPlan, protocol: LatencyProtocol,
+                        deployed: dict[str, Optional[dict[str, Any]]]) -> dict[str, Any]:
+    """summary.json's ``deployment``: the search's latency runtime, the protocol, the runtimes, the export time."""
+    student = deployed.get("best_student") or {}
+    return {"latency_runtime": plan.latency_runtime, "runtimes": list(plan.runtimes),
+            "latency_protocol": protocol.text(), "onnx_exported": plan.export_onnx,
+            "export_s": student.get("export_s")}
 
 
 def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_metrics: Any,
@@ -233,8 +288,9 @@ def _search(config: AutoDistillationConfig, training: Any, teacher: Any, model_b
 
 def _train_baseline(recipe: Recipe, config: AutoDistillationConfig, training: Any, model_builder: Callable,
                     arch: dict[str, Any], teacher: Any, tokenized: Any, collator: Any, compute_metrics: Any,
-                    preprocess_logits: Any) -> dict[str, Any]:
-    """Train ``arch`` on labels only (plain Trainer) for as many steps as the distillation took."""
+                    preprocess_logits: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train ``arch`` on labels only (plain Trainer) for as many steps as the distillation took; the model is kept
+    in ``output_dir/baseline/model``. Returns (model, its metrics)."""
     flash, regular = config.flash_distillation, config.regular_distillation
     model = model_builder(arch)
     steps = recipe.baseline.train_steps
@@ -250,7 +306,8 @@ def _train_baseline(recipe: Recipe, config: AutoDistillationConfig, training: An
     baseline.train()
     metrics = {k.removeprefix("eval_"): v for k, v in baseline.evaluate().items()}
     metrics["train_steps"] = steps
-    return metrics
+    baseline.save_model(os.path.join(args.output_dir, "model"))
+    return model, metrics
 
 
 def _broadcast(value: Any) -> Any:

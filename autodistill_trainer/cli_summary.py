@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping, Optional, Sequence
 
+from .deploy.summary import deployment_rows
+
 __all__ = ["pick_metrics", "trial_counts", "no_trained_message", "majority_class_rate", "learned_nothing",
-           "format_summary"]
+           "format_summary", "format_deployment"]
 
 _SUMMARY_METRICS = ("accuracy", "f1", "mlm_accuracy", "latency", "params", "flops")
 # a row's Optuna state when it has no `status` (rows written before statuses existed)
@@ -76,6 +78,8 @@ def format_summary(summary: Mapping[str, Any], score_key: str, output_dir: str) 
         score = f"{100 * m[score_key]:.2f}%" if m.get(score_key) is not None else "n/a"
         return f"  {name:<28} {score:>9} {m['latency']:>9.2f} ms {(m.get('params') or 0) / 1e6:>8.2f}M"
 
+    searched = (summary.get("deployment") or {}).get("latency_runtime")
+    runtime = f" ({searched} latency, as searched)" if searched else ""
     lines = ["", "=== autodistill summary ===",
              f"  {'':<28} {score_key.replace('mlm_accuracy', 'mlm acc'):>9} {'latency':>12} {'params':>9}",
              line("teacher", teacher), line("best student (distilled)", student)]
@@ -86,10 +90,37 @@ def format_summary(summary: Mapping[str, Any], score_key: str, output_dir: str) 
     if learned_nothing(scores, majority):
         lines.append(f"  warning: all models predict the majority class ({100 * majority:.1f}%): nothing was learned")
     lines += [
-        f"  speed-up vs teacher: {summary['speedup']:.1f}x   "
+        f"  speed-up vs teacher: {summary['speedup']:.1f}x{runtime}   "
         f"{_counts_text(summary['trials'], summary.get('max_trials'))}   "
         f"wall time: {summary['wall_time_s'] / 60:.1f} min",
         f"  best architecture: {student['arch']}",
         f"  outputs: {output_dir}/ (search_results.json/.csv/.md, pareto_front.png, best_model/)",
     ]
+    deployment = format_deployment(summary, score_key)
+    return "\n".join(lines + ([deployment] if deployment else []))
+
+
+def format_deployment(summary: Mapping[str, Any], score_key: str) -> str:
+    """The deployment table: per model and runtime, score, latency, speed-up vs the teacher (same runtime), size.
+
+    Empty when the summary has no deployment entries (``latency_by_runtime``)."""
+    rows = deployment_rows(summary)
+    if not rows:
+        return ""
+    section = summary.get("deployment") or {}
+    header = "  deployment: latency per runtime"
+    if section.get("latency_protocol"):
+        header += f" ({section['latency_protocol']})"
+    if section.get("latency_runtime"):
+        header += f"; the search ranked students by {section['latency_runtime']} latency"
+
+    def cell(value: Optional[float], spec: str, scale: float = 1.0) -> str:
+        return "n/a" if value is None else spec.format(scale * value)
+
+    lines = [header, f"  {'model':<28} {'runtime':<17} {score_key.replace('mlm_accuracy', 'mlm acc'):>9} "
+                     f"{'latency':>12} {'speed-up':>9} {'size':>10}"]
+    for row in rows:
+        lines.append(f"  {row['model']:<28} {row['runtime']:<17} {cell(row['score'], '{:.2f}%', 100):>9} "
+                     f"{cell(row['latency_ms'], '{:.2f} ms'):>12} {cell(row['speedup'], '{:.1f}x'):>9} "
+                     f"{cell(row['size_mb'], '{:.1f} MB'):>10}")
     return "\n".join(lines)

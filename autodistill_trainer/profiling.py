@@ -14,7 +14,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ __all__ = [
     "count_flops",
     "profile_model",
     "dummy_inputs",
+    "resolve_timer",
+    "time_samples",
+    "latency_result",
 ]
 
 
@@ -206,70 +209,30 @@ def measure_latency(
     single_cpu_thread = dev.type == "cpu" and (
         num_threads == 1 if num_threads is not None else torch.get_num_threads() == 1
     )
-    if timer == "auto":
-        timer = "thread_cpu" if single_cpu_thread else "wall"
-    elif timer == "thread_cpu" and not single_cpu_thread:
-        raise ValueError("timer='thread_cpu' needs a CPU model measured with num_threads=1; use timer='wall'.")
-    clock = time.thread_time if timer == "thread_cpu" else time.perf_counter
+    timer = resolve_timer(timer, single_cpu_thread)
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    def timed(loops: int) -> float:
-        sync()
-        start = clock()
-        for _ in range(loops):
-            _call(model, batch)
-        sync()
-        return clock() - start
-
     previous_threads = torch.get_num_threads()
     was_training = model.training
-    gc_was_enabled = gc.isenabled()
     try:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         used_threads = torch.get_num_threads()
         model.eval()
         with torch.inference_mode():
-            for _ in range(warmup):
-                _call(model, batch)
-            sync()
-            inner_loops = 1
-            while True:
-                elapsed = timed(inner_loops)
-                if elapsed * 1000.0 >= min_sample_ms or inner_loops >= max_inner_loops:
-                    break
-                # Jump close to the target instead of only doubling when the first sample is very short.
-                guess = int(inner_loops * min_sample_ms / max(elapsed * 1000.0, 1e-6) * 1.1) + 1
-                inner_loops = min(max_inner_loops, max(inner_loops * 2, guess))
-            gc.collect()
-            gc.disable()
-            samples = [timed(inner_loops) * 1000.0 / inner_loops for _ in range(repeats)]
+            samples, inner_loops = time_samples(
+                lambda: _call(model, batch), warmup=warmup, repeats=repeats, min_sample_ms=min_sample_ms,
+                max_inner_loops=max_inner_loops, timer=timer, sync=sync,
+            )
     finally:
-        if gc_was_enabled:
-            gc.enable()
         torch.set_num_threads(previous_threads)
         model.train(was_training)
 
-    mean = statistics.fmean(samples)
-    std = statistics.pstdev(samples) if len(samples) > 1 else 0.0
-    result = LatencyResult(
-        median_ms=statistics.median(samples),
-        mean_ms=mean,
-        std_ms=std,
-        cv=std / mean if mean > 0 else math.nan,
-        min_ms=min(samples),
-        repeats=repeats,
-        batch_size=batch_size,
-        seq_length=seq_length,
-        num_threads=used_threads,
-        device=str(dev),
-        inner_loops=inner_loops,
-        timer=timer,
-        samples_ms=samples,
-    )
+    result = latency_result(samples, inner_loops, batch_size=batch_size, seq_length=seq_length,
+                            num_threads=used_threads, device=str(dev), timer=timer)
     logger.debug(
         "latency %s: median %.3f ms (cv %.3f, %d x %d loops, %d threads, %s timer)",
         type(model).__name__,
@@ -281,6 +244,82 @@ def measure_latency(
         timer,
     )
     return result
+
+
+def resolve_timer(timer: str, single_cpu_thread: bool) -> str:
+    """The timer :func:`measure_latency` uses: ``"auto"`` is ``"thread_cpu"`` for one CPU thread, else ``"wall"``.
+
+    Raises ValueError for an unknown timer, or ``"thread_cpu"`` when the work does not run in one CPU thread.
+    """
+    if timer not in ("auto", "wall", "thread_cpu"):
+        raise ValueError(f"timer must be 'auto', 'wall' or 'thread_cpu', got {timer!r}.")
+    if timer == "auto":
+        return "thread_cpu" if single_cpu_thread else "wall"
+    if timer == "thread_cpu" and not single_cpu_thread:
+        raise ValueError("timer='thread_cpu' needs a CPU model measured with num_threads=1; use timer='wall'.")
+    return timer
+
+
+def time_samples(
+    call: Callable[[], Any],
+    warmup: int = 10,
+    repeats: int = 30,
+    min_sample_ms: float = 20.0,
+    max_inner_loops: int = 1000,
+    timer: str = "wall",
+    sync: Callable[[], None] | None = None,
+) -> tuple[list[float], int]:
+    """Steps 4-7 of the :func:`measure_latency` protocol for any forward ``call`` (PyTorch or ONNX Runtime).
+
+    ``warmup`` untimed calls, calibration of the calls per sample (``inner_loops``) until one sample lasts
+    ``min_sample_ms``, then ``repeats`` timed samples with the garbage collector paused. ``timer`` is ``"wall"`` or
+    ``"thread_cpu"`` (see :func:`resolve_timer`); ``sync`` runs before starting and before stopping the clock.
+    Returns (per-call milliseconds of each sample, inner_loops).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}.")
+    clock = time.thread_time if timer == "thread_cpu" else time.perf_counter
+    sync = sync or (lambda: None)
+
+    def timed(loops: int) -> float:
+        sync()
+        start = clock()
+        for _ in range(loops):
+            call()
+        sync()
+        return clock() - start
+
+    for _ in range(warmup):
+        call()
+    sync()
+    inner_loops = 1
+    while True:
+        elapsed = timed(inner_loops)
+        if elapsed * 1000.0 >= min_sample_ms or inner_loops >= max_inner_loops:
+            break
+        # Jump close to the target instead of only doubling when the first sample is very short.
+        guess = int(inner_loops * min_sample_ms / max(elapsed * 1000.0, 1e-6) * 1.1) + 1
+        inner_loops = min(max_inner_loops, max(inner_loops * 2, guess))
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        samples = [timed(inner_loops) * 1000.0 / inner_loops for _ in range(repeats)]
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples, inner_loops
+
+
+def latency_result(samples: list[float], inner_loops: int, **fields: Any) -> LatencyResult:
+    """A :class:`LatencyResult` from the per-call samples of :func:`time_samples` (``fields``: the other fields)."""
+    mean = statistics.fmean(samples)
+    std = statistics.pstdev(samples) if len(samples) > 1 else 0.0
+    return LatencyResult(median_ms=statistics.median(samples), mean_ms=mean, std_ms=std,
+                         cv=std / mean if mean > 0 else math.nan, min_ms=min(samples), repeats=len(samples),
+                         inner_loops=inner_loops, samples_ms=samples, **fields)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -24,9 +24,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from .model_card import write_model_card
+from .report_format import fmt_md as _fmt_md
 from .search import pareto_front
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["write_results_table", "front_numbers", "plot_pareto_front", "write_model_card"]  # card: .model_card
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -36,33 +40,6 @@ _PERCENT_METRICS = {"accuracy", "f1", "precision", "recall", "mlm_accuracy"}
 
 
 # --------------------------------------------------------------------------------------------------- formatting
-
-
-def _human_int(value: int) -> str:
-    """2_740_000 -> '2.74M'; small ints unchanged."""
-    for unit, scale, threshold in (("G", 1e9, 1e9), ("M", 1e6, 1e6), ("k", 1e3, 1e4)):
-        if abs(value) >= threshold:
-            return f"{value / scale:.3g}{unit}"
-    return str(value)
-
-
-def _fmt_md(value: Any, column: str = "") -> str:
-    """Human-readable cell for the Markdown table / model card."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, int):
-        return _human_int(value) if column in ("params", "flops") else str(value)
-    if isinstance(value, float):
-        if column == "duration_s":
-            return f"{value:.1f}"
-        if column in ("params", "flops") and value.is_integer():
-            return _human_int(int(value))
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.4g}" if abs(value) >= 1 else f"{value:.4f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _fmt_csv(value: Any) -> Any:
@@ -183,6 +160,8 @@ def plot_pareto_front(
     pareto_numbers: Optional[Iterable[int]] = None,
     teacher: Optional[dict] = None,
     baseline: Optional[dict] = None,
+    selected: Optional[int] = None,
+    x_label: Optional[str] = None,
 ) -> Path:
     """Plot every trained trial (x: ``x_metric``, y: ``y_metric``) and its Pareto front; save a PNG.
 
@@ -191,6 +170,8 @@ def plot_pareto_front(
         pareto_numbers: trial numbers on the front (the search's own front); default :func:`front_numbers`.
         teacher: ``{"latency": 18.6, "accuracy": 0.852, "label": "teacher (MiniLM-L6)"}``, drawn as a labelled star.
         baseline: the same for a student trained without distillation, drawn as a labelled diamond.
+        selected: the trial number of the selected (exported) student, circled and labelled "selected".
+        x_label: the x axis label (default from ``x_metric``), e.g. the latency's runtime and protocol.
 
     Returns:
         The PNG path.
@@ -230,7 +211,11 @@ def plot_pareto_front(
                     xytext=(-9, 7) if is_teacher else (7, 7), ha="right" if is_teacher else "left",
                     fontsize=9, color=color)
 
-    ax.set_xlabel(_axis_label(x_metric))
+    chosen = [p for p in points if p[0] == selected]
+    for n, x, y in chosen:
+        ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:orange", linewidths=2.0,
+                   label=f"selected student (#{n})", zorder=6)
+    ax.set_xlabel(x_label or _axis_label(x_metric))
     ax.set_ylabel(_axis_label(y_metric))
     all_y = [p[2] for p in points] + references
     if y_metric in _PERCENT_METRICS and all_y and max(all_y) <= 1.0:
@@ -246,128 +231,3 @@ def plot_pareto_front(
     fig.savefig(output_path, format="png")
     logger.info("Wrote Pareto plot (%d trials, %d on the front) to %s", len(points), len(front), output_path)
     return output_path
-
-
-# --------------------------------------------------------------------------------------------------- model card
-
-
-def _metric_row(name: str, student: Any, teacher: Any) -> str:
-    label = "latency (ms)" if name == "latency" else name
-    column = "params" if name in ("params", "flops") else name
-    return f"| {label} | {_fmt_md(student, column)} | {_fmt_md(teacher, column)} |"
-
-
-def write_model_card(
-    output_dir: PathLike,
-    arch: dict,
-    metrics: dict,
-    teacher_metrics: Optional[dict],
-    search_summary: dict,
-    base_model: Optional[str],
-    model_id: Optional[str] = None,
-    pipeline_tag: str = "text-classification",
-    majority_class_rate: Optional[float] = None,
-) -> Path:
-    """Write ``README.md`` (a Hugging Face model card) for the distilled student in ``output_dir``.
-
-    Args:
-        arch: the student's architecture parameters (e.g. ``num_hidden_layers``, ``hidden_size``...).
-        metrics: the student's metrics: ``accuracy`` (fraction), ``latency`` (ms), ``params``, optionally ``f1``,
-            ``flops``...
-        teacher_metrics: the same for the teacher, or None.
-        search_summary: how it was found, e.g. ``{"algorithm": "BO", "n_trials": 20, "completed": 18,
-            "objectives": {"accuracy": "maximize", "latency": "minimize"}, "recipe": "recipes/demo.yaml",
-            "dataset": "rotten_tomatoes_demo", "distillation": "flash + regular"}``; other keys are listed as well.
-        base_model: the teacher's id or path (goes to the ``base_model`` metadata), or None.
-        model_id: the id or path to show in the usage snippet (default: ``output_dir``).
-        pipeline_tag: ``"text-classification"`` (a classifier) or ``"fill-mask"`` (a pretraining student: its
-            ``*ForPreTraining`` checkpoint loads with ``AutoModelForMaskedLM``); sets the metadata and the snippet.
-        majority_class_rate: the share of the validation set's most frequent class; when student and teacher both
-            score exactly that accuracy, the card says nothing was learned instead of an "accuracy retained" ratio.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model_ref = model_id or str(output_dir)
-
-    front = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags:",
-             "- distillation", "- mobilebert", "- autodistill-trainer"]
-    if base_model:
-        front.append(f"base_model: {base_model}")
-    front.append("---")
-
-    lines = front + ["", "# Distilled MobileBERT student", ""]
-    lines.append(
-        "A MobileBERT-style student found by a multi-objective architecture search and trained by knowledge "
-        "distillation" + (f" from `{base_model}`" if base_model else "") + " with "
-        "autodistill-trainer (a Hugging Face `Trainer` extension)."
-    )
-
-    lines += ["", "## Results", ""]
-    teacher_metrics = teacher_metrics or {}
-    names = list(metrics) + [k for k in teacher_metrics if k not in metrics]
-    lines += ["| metric | student | teacher |", "|---|---:|---:|"]
-    lines += [_metric_row(n, metrics.get(n), teacher_metrics.get(n)) for n in names]
-    s_lat, t_lat = metrics.get("latency"), teacher_metrics.get("latency")
-    notes = []
-    if s_lat and t_lat:
-        notes.append(f"- Speed-up over the teacher: **{float(t_lat) / float(s_lat):.1f}x** (latency ratio).")
-    if metrics.get("params") and teacher_metrics.get("params"):
-        notes.append(f"- Size: {float(metrics['params']) / float(teacher_metrics['params']):.1%} of the teacher's "
-                     "parameters.")
-    if majority_class_rate is not None and all(
-            m.get("accuracy") is not None and abs(float(m["accuracy"]) - majority_class_rate) <= 1e-6
-            for m in (metrics, teacher_metrics)):
-        notes.append(f"- **All models predict the majority class ({majority_class_rate:.1%}): nothing was learned.** "
-                     "Train longer, or check the data and labels.")
-    elif metrics.get("accuracy") is not None and teacher_metrics.get("accuracy"):
-        notes.append(f"- Accuracy retained: {float(metrics['accuracy']) / float(teacher_metrics['accuracy']):.1%} "
-                     "of the teacher's.")
-    if notes:
-        lines += [""] + notes
-    if search_summary.get("latency_protocol"):
-        lines += ["", f"Latency protocol: {search_summary['latency_protocol']}."]
-
-    lines += ["", "## Architecture", "", "| parameter | value |", "|---|---:|"]
-    lines += [f"| {k} | {_fmt_md(v)} |" for k, v in arch.items()]
-
-    lines += ["", "## How it was found", ""]
-    described = {
-        "algorithm": "Search algorithm",
-        "n_trials": "Trials",
-        "completed": "Completed trials",
-        "objectives": "Objectives",
-        "recipe": "Recipe",
-        "dataset": "Data set",
-        "distillation": "Distillation",
-        "best_trial": "Selected trial",
-    }
-    for key, title in described.items():
-        if key in search_summary:
-            value = search_summary[key]
-            if isinstance(value, dict):
-                value = ", ".join(f"{k}: {v}" for k, v in value.items())
-            elif isinstance(value, (list, tuple)):
-                value = ", ".join(str(v) for v in value)
-            lines.append(f"- {title}: {'`' + str(value) + '`' if key == 'recipe' else value}")
-    for key, value in search_summary.items():
-        if key not in described and key != "latency_protocol":
-            lines.append(f"- {key.replace('_', ' ')}: {value}")
-
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        "",
-        *([f'fill_mask = pipeline("fill-mask", model="{model_ref}")',
-           'print(fill_mask(f"The movie was {fill_mask.tokenizer.mask_token}."))'] if pipeline_tag == "fill-mask" else
-          [f'classifier = pipeline("text-classification", model="{model_ref}")',
-           'print(classifier("A gripping, beautifully acted film."))']),
-        "```",
-        "",
-    ]
-    path = output_dir / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    logger.info("Wrote model card to %s", path)
-    return path

@@ -6,6 +6,8 @@ import csv
 import subprocess
 import sys
 
+from huggingface_hub import ModelCard
+
 from autodistill_trainer.report import front_numbers, plot_pareto_front, write_model_card, write_results_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -102,9 +104,9 @@ def test_model_card_has_arch_metrics_and_pipeline_snippet(tmp_path):
     )
     card = path.read_text()
     assert path.name == "README.md"
-    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-classification\n")
-    for tag in ("- distillation", "- mobilebert", "- autodistill-trainer"):
-        assert tag in card
+    data = ModelCard.load(path).data  # the metadata as the Hub reads it
+    assert (data.library_name, data.pipeline_tag) == ("transformers", "text-classification")
+    assert data.tags == ["distillation", "mobilebert", "autodistill-trainer"]
     for key, value in arch.items():
         assert f"| {key} | {value} |" in card
     assert f'pipeline("text-classification", model="{tmp_path}")' in card

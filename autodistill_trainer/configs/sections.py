@@ -17,6 +17,8 @@ from . import checks
 MIN_MAX_LENGTH = 5
 #: Longest ``data.max_length`` / ``latency_seq_length``: the student's position table has this many rows at most.
 MAX_SEQ_LENGTH = 8192
+#: The latency runtimes, in report order: PyTorch eager, ONNX Runtime fp32, ONNX Runtime with dynamic int8 weights.
+LATENCY_RUNTIMES = ("pytorch", "onnxruntime", "onnxruntime-int8")
 #: Upper bounds of the latency protocol (a typo such as ``1e9`` would otherwise time forwards for days).
 MAX_LATENCY_REPEATS = 10_000
 MAX_LATENCY_WARMUP = 10_000
@@ -55,6 +57,11 @@ class ModelArguments:
         default=True,
         metadata={"help": "Initialise student word embeddings from the teacher's (PCA to the student's width)."},
     )
+    license: Optional[str] = field(
+        default=None,
+        metadata={"help": "License of the student in the model card metadata (e.g. apache-2.0); default: the shipped "
+                          "demo teacher's license, else none."},
+    )
 
     def __post_init__(self) -> None:
         checks.non_empty_str(self.name, "model.name")
@@ -72,6 +79,7 @@ class ModelArguments:
         if isinstance(self.base_config, str) and not self.base_config:
             raise ConfigError("model.base_config is an empty string; give overrides (a mapping), a path or null.")
         checks.boolean(self.init_embeddings_from_teacher, "model.init_embeddings_from_teacher")
+        checks.non_empty_str(self.license, "model.license", optional=True)
 
 
 @dataclass
@@ -194,6 +202,10 @@ class EvaluationArguments:
         latency_num_threads: CPU threads during the measurement.
         latency_warmup: warm-up forwards before timing.
         latency_repeats: timed samples (the median is reported).
+        latency_runtime: runtime the latency objective is measured in, for students and teacher alike:
+            ``pytorch``, ``onnxruntime`` or ``onnxruntime-int8`` (default: ``onnxruntime`` when installed, else
+            ``pytorch``; the run's deployment plan checks what is installed).
+        export_onnx: export the best student to ``best_model/onnx/`` (default: true when the onnx extra is installed).
     """
 
     metrics: list[str] = field(
@@ -216,6 +228,17 @@ class EvaluationArguments:
         default=10, metadata={"help": f"Warm-up forwards before timing (0..{MAX_LATENCY_WARMUP})."})
     latency_repeats: int = field(
         default=30, metadata={"help": f"Timed samples; the median is reported (1..{MAX_LATENCY_REPEATS})."})
+    latency_runtime: Optional[str] = field(
+        default=None,
+        metadata={"help": "Runtime the latency objective is measured in, for students and teacher alike: 'pytorch' "
+                          "(eager), 'onnxruntime' (ONNX fp32) or 'onnxruntime-int8' (ONNX, dynamic int8 weights). "
+                          "Default: 'onnxruntime' when the onnx extra is installed, else 'pytorch'."},
+    )
+    export_onnx: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Export the best student to best_model/onnx/ (model.onnx, model_int8.onnx), each checked "
+                          "against PyTorch. Default: true when the onnx extra is installed."},
+    )
 
     def __post_init__(self) -> None:
         where = "auto_distillation.evaluation"
@@ -230,6 +253,11 @@ class EvaluationArguments:
         checks.positive_int(self.latency_num_threads, f"{where}.latency_num_threads", maximum=MAX_LATENCY_THREADS)
         checks.integer(self.latency_warmup, f"{where}.latency_warmup", minimum=0, maximum=MAX_LATENCY_WARMUP)
         checks.positive_int(self.latency_repeats, f"{where}.latency_repeats", maximum=MAX_LATENCY_REPEATS)
+        if self.latency_runtime is not None and self.latency_runtime not in LATENCY_RUNTIMES:
+            raise ConfigError(f"{where}.latency_runtime is {checks.shown(self.latency_runtime)}; choose one of "
+                              f"{list(LATENCY_RUNTIMES)}.{did_you_mean(str(self.latency_runtime), LATENCY_RUNTIMES)}")
+        if self.export_onnx is not None:
+            checks.boolean(self.export_onnx, f"{where}.export_onnx")
 
 
 @dataclass

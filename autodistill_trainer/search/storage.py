@@ -109,7 +109,21 @@ def create_or_load_study(
             "study %r was created with another search space %s; resuming it with %s",
             study_name, attrs["search_space"], user_attrs.get("search_space"),
         )
+    _name_metrics(study, user_attrs.get("metrics"))
     return study, storage
+
+
+def _name_metrics(study: optuna.Study, metrics: Sequence[str] | None) -> None:
+    """``study.set_metric_names(metrics)`` (the search's metric names, in objective order) so that
+    optuna-dashboard and ``optuna.visualization`` label the objectives; skipped when already set."""
+    if not metrics or len(metrics) != len(study.directions) or study.metric_names == list(metrics):
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metrics))
+    except SQLAlchemyError as exc:  # cosmetic: the names only label the objectives
+        logger.warning("could not name the metrics of study %r: %s", study.study_name, exc)
 
 
 class Heartbeat:

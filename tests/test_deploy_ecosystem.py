@@ -1,0 +1,96 @@
+"""Ecosystem conventions: the Optuna study names its metrics; the model card's metadata parses with huggingface_hub."""
+
+from __future__ import annotations
+
+import optuna
+
+from autodistill_trainer.search import AutoDistillation
+
+
+class _Arch:
+    def __init__(self, arch):
+        self.arch = arch
+
+
+def test_the_study_names_its_metrics_for_dashboards(tmp_path):
+    design = {"search": {"search_space": {"a": [1, 2]}, "search_algorithm": "random",
+                         "metrics": ["accuracy", "latency"], "higher_is_better": [True, False], "max_trials": 1,
+                         "seed": 0}}
+    agent = AutoDistillation(_Arch, design, train_func=lambda m: None, eval_func=lambda m: {"accuracy": 0.5},
+                             profile_func=lambda m: {"latency": float(m.arch["a"])}, output_dir=str(tmp_path))
+    agent.search_loop()
+    assert agent.study.metric_names == ["accuracy", "latency"]
+    (summary,) = optuna.get_all_study_summaries(agent.storage_url)
+    reloaded = optuna.load_study(study_name=summary.study_name, storage=agent.storage_url)
+    assert reloaded.metric_names == ["accuracy", "latency"]
+
+
+def _card(tmp_path, base_model, **kwargs):
+    from huggingface_hub import ModelCard
+
+    from autodistill_trainer.report import write_model_card
+
+    path = write_model_card(
+        tmp_path, {"hidden_size": 64}, metrics={"accuracy": 0.8, "latency": 1.5, "params": 1_000_000,
+                                                "runtime": 0.2, "samples_per_second": 300.0, "epoch": 1.0},
+        teacher_metrics={"accuracy": 0.85, "latency": 9.0, "latency_runtime": "onnxruntime", "steps_per_second": 5.0},
+        search_summary={"algorithm": "BO", "objectives": {"accuracy": "maximize", "latency": "minimize"},
+                        "baseline_without_distillation": {"accuracy": 0.7, "latency": 1.5, "epoch": 2.0}},
+        base_model=base_model, **kwargs)
+    return ModelCard.load(path), path.read_text()
+
+
+def test_model_card_metadata_parses_back_with_huggingface_hub(tmp_path):
+    card, text = _card(tmp_path, "offline:all-MiniLM-L6-v2", dataset="rotten_tomatoes_demo",
+                       training_hyperparameters={"learning_rate": 1e-3, "seed": 42})
+    data = card.data
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and data.license == "apache-2.0"
+    assert data.datasets == ["cornell-movie-review-data/rotten_tomatoes"]
+    (result,) = data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_split) == ("accuracy", 0.8, "validation")
+    assert result.task_type == "text-classification"
+    assert result.dataset_type == "cornell-movie-review-data/rotten_tomatoes"
+    assert "- learning_rate: 0.001" in text and "## Framework versions" in text and "- transformers " in text
+    assert "| metric | student | teacher | same arch, no distillation |" in text
+    assert "| accuracy | 0.8000 | 0.8500 | 0.7000 |" in text
+
+
+def test_model_card_tables_hold_no_bookkeeping_or_raw_dicts(tmp_path):
+    _, text = _card(tmp_path, "bert-base-uncased")
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    for word in ("runtime", "samples_per_second", "steps_per_second", "epoch"):
+        assert not [row for row in rows if word in row], word
+    assert "{'" not in text and "{\"" not in text.split("```")[0]  # no raw dict outside the code snippets
+    assert "- Objectives: accuracy: maximize, latency: minimize" in text
+
+
+def test_model_card_base_model_is_only_a_hub_id(tmp_path):
+    assert _card(tmp_path / "a", "bert-base-uncased")[0].data.base_model == "bert-base-uncased"
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    for source in (str(teacher_dir), "./outputs/teacher", "offline:unknown-model", None):
+        card, _ = _card(tmp_path / "b", source, license="mit")
+        assert card.data.base_model is None, source
+        assert card.data.license == "mit" and card.data.datasets is None
+
+
+def test_pareto_plot_circles_the_selected_student_and_names_the_latency_runtime(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    import autodistill_trainer.report as report
+
+    figures = []
+
+    class Recorded(Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+
+    monkeypatch.setattr(report, "Figure", Recorded)
+    rows = [{"number": n, "status": "trained", "metrics": {"latency": lat, "accuracy": acc}}
+            for n, lat, acc in ((0, 1.0, 0.7), (1, 2.0, 0.8), (2, 3.0, 0.75))]
+    label = "Latency (ms): onnxruntime, batch 1 x 64 tokens, 1 thread(s), 10 warm-up runs, median of 30"
+    report.plot_pareto_front(rows, tmp_path / "p.png", selected=1, x_label=label)
+    (ax,) = figures[0].axes
+    assert ax.get_xlabel() == label
+    assert "selected student (#1)" in ax.get_legend_handles_labels()[1]
