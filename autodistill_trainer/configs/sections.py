@@ -41,6 +41,7 @@ class ModelArguments:
         student_class: a concrete transformers MobileBERT class name (not an ``Auto*`` class).
         base_config: overrides on the built-in MobileBERT base config, or a config path / Hub name.
         init_embeddings_from_teacher: initialise the student's word embeddings from the teacher's.
+        license: license of the student in the model card metadata (default: the shipped demo teacher's, else none).
     """
 
     name: str = field(default="autodistill", metadata={"help": "Name of the run (the design's model.name)."})
