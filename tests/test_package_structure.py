@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import autodistill_trainer
@@ -102,3 +105,9 @@ def test_the_public_classes_import_from_the_top_level():
         DistillationTrainer,
         IntermediateLayersKnowledgeDistillationLoss,
     )
+
+
+def test_the_tree_is_clean_under_ruff():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    run = subprocess.run([ruff, "check", "--quiet", str(PACKAGE_DIR.parent)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
