@@ -28,6 +28,7 @@ LOCAL_DATASETS = {"rotten_tomatoes_demo"}
 BOOKKEEPING_KEYS = {"runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time",
                     "latency_cv", "latency_runtime", "train_steps", "loss"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+_DATA_FILE_EXTENSIONS = {".csv", ".tsv", ".json", ".jsonl", ".txt", ".parquet", ".arrow"}
 _FRAMEWORKS = ("autodistill-trainer", "transformers", "torch", "datasets", "optuna", "onnxruntime", "onnx")
 
 
@@ -53,7 +54,9 @@ def known_license(source: Optional[str]) -> Optional[str]:
 
 def hub_dataset_id(name: Optional[str]) -> Optional[str]:
     """The Hub id of the recipe's ``data.dataset_name``; None for local files and the built-in offline demo."""
-    if not name or name in LOCAL_DATASETS:
+    if not name or name in LOCAL_DATASETS or os.path.exists(name) or name.startswith((".", "/", "~")):
+        return None
+    if os.path.splitext(name)[1].lower() in _DATA_FILE_EXTENSIONS:
         return None
     return name if _HUB_ID.match(name) else None
 
