@@ -26,11 +26,13 @@ from matplotlib.ticker import PercentFormatter
 
 from .model_card import write_model_card
 from .report_format import fmt_md as _fmt_md
+from .run_dir import export_best_model
 from .search import pareto_front
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_results_table", "front_numbers", "plot_pareto_front", "write_model_card"]  # card: .model_card
+# write_model_card lives in .model_card and is re-exported here
+__all__ = ["write_results_table", "front_numbers", "plot_pareto_front", "write_model_card", "write_search_reports"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -231,3 +233,43 @@ def plot_pareto_front(
     fig.savefig(output_path, format="png")
     logger.info("Wrote Pareto plot (%d trials, %d on the front) to %s", len(points), len(front), output_path)
     return output_path
+
+
+def write_search_reports(
+    result: Any,
+    output_dir: PathLike,
+    *,
+    teacher: Optional[dict] = None,
+    base_model: Optional[str] = None,
+    score_key: str = "accuracy",
+    pipeline_tag: str = "text-classification",
+) -> dict[str, Path]:
+    """Write what the CLI writes for a search, from Python, in one call: ``search_results.csv``/``.md``,
+    ``pareto_front.png`` and ``best_model/`` (the best trained student with a model card), all in ``output_dir``.
+
+    Args:
+        result: an :class:`~autodistill_trainer.search.AutoDistillationResult` (``trainer.autodistillation(...)``).
+        teacher: the teacher's metrics (``score_key``, ``latency``, ``params``), drawn on the plot and compared in
+            the card; None leaves them out.
+        base_model: the teacher's source for the card's ``base_model`` (only a Hub id is written there).
+
+    ``best_model/`` is written only when the result has a ``best_model_dir`` (the built-in train function saves every
+    trained student; a custom one must return ``model_dir`` from its ``eval_func``), with finite weights, replacing
+    only a ``best_model/`` this package wrote. Returns the paths written, by kind.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = write_results_table(result.rows, output_dir)
+    selected = result.best_row["number"] if result.best_row else None
+    written = {"csv": csv_path, "markdown": md_path, "plot": plot_pareto_front(
+        result.rows, output_dir / "pareto_front.png", y_metric=score_key, selected=selected,
+        pareto_numbers=[row["number"] for row in result.pareto_front],
+        teacher=teacher and {"latency": teacher.get("latency"), score_key: teacher.get(score_key), "label": "teacher"},
+    )}
+    if result.best_model_dir and result.best_row:
+        best = result.best_row
+        metrics = {**best["metrics"], "params": best.get("params"), "flops": best.get("flops")}
+        written["best_model"] = Path(export_best_model(result.best_model_dir, str(output_dir), lambda staging: (
+            write_model_card(staging, result.best_model_arch, metrics, teacher, {"best_trial": best["number"]},
+                             base_model=base_model, pipeline_tag=pipeline_tag, score_key=score_key))))
+    return written

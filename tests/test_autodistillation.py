@@ -209,3 +209,24 @@ def test_two_processes_search_together(tmp_path):
     assert ranks[0]["weights_equal"]
     rows = json.loads((tmp_path / "out" / "search_results.json").read_text())["trials"]
     assert sum(r["state"] == "COMPLETE" for r in rows) == 2
+
+
+def test_the_reports_the_cli_writes_are_one_call_away_from_python(tmp_path, bert_teacher, mobilebert_student):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification
+
+    from autodistill_trainer.report import write_search_reports
+
+    trainer = make_trainer(tmp_path, mobilebert_student, bert_teacher)
+    trainer.autodistillation_config = oob_config()
+    result = trainer.autodistillation(bert_teacher, model_cls=MobileBertForSequenceClassification,
+                                      profile_func=fake_profile)
+    reports = tmp_path / "reports"
+    written = write_search_reports(result, reports, teacher={"accuracy": 0.9, "latency": 5.0, "params": 1000})
+    assert {p.name for p in written.values()} == {"search_results.csv", "search_results.md", "pareto_front.png",
+                                                  "best_model"}
+    assert (reports / "search_results.csv").read_text().count("\n") == len(result.rows) + 1  # header + one per row
+    model = AutoModelForSequenceClassification.from_pretrained(reports / "best_model")
+    assert model.config.hidden_size == result.best_model_arch["hidden_size"]
+    card = ModelCard.load(reports / "best_model" / "README.md")
+    assert card.data.eval_results[0].metric_value == result.best_row["metrics"]["accuracy"]
