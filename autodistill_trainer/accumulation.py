@@ -21,6 +21,10 @@ LABEL_KEYS = ("labels", "next_sentence_label")
 COMPOSITE_LOSS_PARTS = (("labels", "prediction_logits"), ("next_sentence_label", "seq_relationship_logits"))
 
 
+#: The scales without gradient accumulation: every micro-batch mean is already the step's mean.
+UNIT_SCALES = {"sample": 1.0, "token": 1.0, **{key: 1.0 for key in LABEL_KEYS}}
+
+
 def batch_counts(batch: Mapping[str, Any]) -> dict[str, int]:
     """Samples, real tokens (attention mask) and label items of each label key (entries != -100) of one batch.
 

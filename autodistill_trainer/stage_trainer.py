@@ -19,7 +19,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, de
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
 
-from .accumulation import batch_counts, origin_loss_parts, output_loss, window_scales
+from .accumulation import UNIT_SCALES, batch_counts, origin_loss_parts, output_loss, window_scales
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
 from .guards import check_finite_parameters, requires_grad_restored, teacher_in_dtype
@@ -336,7 +336,8 @@ class StageTrainer(Trainer):
             # The teacher runs first: its transient activations are freed before the student allocates its own.
             self.criterion.teacher_model_forward(inputs)
         outputs = model(**student_inputs)
-        scales = window_scales(batch_counts(inputs), self._window_counts, self._window_batches)
+        scales = (window_scales(batch_counts(inputs), self._window_counts, self._window_batches)
+                  if self._window_counts else UNIT_SCALES)  # counting syncs an accelerator: only when accumulating
         teacher_outputs = [inputs[c] for c in self._cached_columns] if cached else None
         loss = self.criterion.loss_cal(teacher_outputs=teacher_outputs, scales=scales)
         terms = dict(self.criterion.last_loss_terms)
