@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import weakref
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -170,6 +171,10 @@ def dummy_batch(*models: nn.Module) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
 
 
+#: Models already told about the switch to eager attention (weak: a freed model leaves the set).
+_TOLD_EAGER: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
 def hold_eager_attention(model: nn.Module, side: str, needed: bool) -> bool:
     """Switch `model` to eager attention when its maps are `needed` and it runs another implementation,
     or join a switch another criterion made; returns whether a hold was taken (release it when done)."""
@@ -180,9 +185,9 @@ def hold_eager_attention(model: nn.Module, side: str, needed: bool) -> bool:
         model, "attn_implementation", "eager",
         module_overrides.get_attn_implementation, module_overrides.set_attn_implementation,
     )
-    logger.warning(
-        "The %s model ran %r attention, which returns no attention maps; switched it to eager attention so "
-        "that mapped attention maps can be distilled (restored when the criterion's hooks are removed).",
-        side, current,
-    )
+    # Said once per model: a schedule switches it again for every stage.
+    log = logger.debug if model in _TOLD_EAGER else logger.warning
+    _TOLD_EAGER.add(model)
+    log("The %s model ran %r attention, which returns no attention maps; switched it to eager attention so that "
+        "mapped attention maps can be distilled (restored when the criterion's hooks are removed).", side, current)
     return taken

@@ -4,6 +4,7 @@ and the caller's models left as given."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -223,3 +224,14 @@ def test_set_up_leaves_the_global_random_state_as_it_was(bert_teacher, mobileber
     IntermediateLayersKnowledgeDistillationLoss(mobilebert_student, bert_teacher, mappings, ["KL", "MSE"])
     assert torch.equal(torch.get_rng_state(), state)
     assert mobilebert_student.training
+
+
+def test_the_switch_to_eager_attention_is_warned_once_per_model_across_stages(caplog):
+    teacher = BertForSequenceClassification(tiny_bert_config(attn_implementation="sdpa")).eval()
+    student = copy.deepcopy(teacher)
+    with caplog.at_level(logging.DEBUG, logger="autodistill_trainer.criterion_setup"):
+        for _ in range(3):  # a schedule builds one criterion per stage, and each stage switches again
+            IntermediateLayersKnowledgeDistillationLoss(student, teacher, [SELF_ATTENTION], ["KL"]).remove_hooks()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "eager attention" in r.getMessage()]
+    assert [r.getMessage().split(" model")[0] for r in warnings] == ["The student", "The teacher"]
+    assert teacher.config._attn_implementation == "sdpa"
