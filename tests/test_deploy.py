@@ -219,3 +219,12 @@ def test_a_study_measured_in_one_runtime_is_not_resumed_in_another(tmp_path):
     assert claim_output_dir(str(tmp_path), fingerprint_with_runtime(base, "onnxruntime")) is False
     with pytest.raises(OutputDirError, match=r"objectives.latency_runtime differ"):
         claim_output_dir(str(tmp_path), fingerprint_with_runtime(base, "onnxruntime-int8"))
+
+
+def test_int8_quantization_adds_no_root_logger_chatter(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):  # the CLI logs at INFO: ONNX Runtime's quantizer must not flood it
+        export_onnx(_model("mobilebert"), str(tmp_path))
+    assert [r.getMessage()[:60] for r in caplog.records if r.name == "root"] == []
+    assert not logging.getLogger().filters  # the filter is removed after quantizing

@@ -53,13 +53,14 @@ class OnnxExport:
 
 
 class _DropQuantizationAdvice(logging.Filter):
-    """``quantize_dynamic`` logs on the root logger, at every call, advice about pre-processing and a graph dump for
-    each tensor it leaves in float (index arithmetic such as embedding slices): drop those records."""
+    """``quantize_dynamic`` logs on the root logger, at every call, advice about pre-processing, a graph dump for
+    each tensor it leaves in float (index arithmetic such as embedding slices) and an INFO line per tensor and
+    MatMul it skips: drop those records (the filter sits on the root logger only while it quantizes)."""
 
     _NOISE = ("Please consider to run pre-processing", "Inference failed or unsupported type to quantize")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self._NOISE)
+        return record.levelno >= logging.WARNING and not str(record.msg).startswith(self._NOISE)
 
 
 def _model_inputs(model: nn.Module, example_inputs: Optional[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
