@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import datasets
-from datasets import Dataset, Value
+from datasets import Dataset, DatasetDict, Value
 
 from ..errors import ConfigError
+from .augmentation import augment_dataset
 from .files import PRETRAINING_FORMATS, check_data_file, load_local_files
+from .tokenization import tokenize_dataset
 
 logger = logging.getLogger(__name__)
 
 #: Label of a row without one: ignored by the label loss, used by the KD terms.
 UNLABELED = -100
 
-__all__ = ["UNLABELED", "distillation_train_set", "load_unlabeled_texts"]
+__all__ = ["UNLABELED", "distillation_train_data", "distillation_train_set", "load_unlabeled_texts"]
 
 
 def load_unlabeled_texts(
@@ -106,3 +108,24 @@ def distillation_train_set(train: Dataset, unlabelled: Sequence[Dataset]) -> Dat
     logger.info("Distillation train set: %d labelled + %d unlabelled rows (KD terms only)", len(train),
                 len(merged) - len(train))
     return merged
+
+
+def distillation_train_data(raw: Mapping[str, Dataset], tokenized: Mapping[str, Dataset], data_args: Any,
+                            tokenizer: Any, teacher: Any, cache_dir: Optional[str] = None) -> Dataset:
+    """The rows the distillation stages train on: the tokenized train split, then the tokenized ``unlabeled``
+    split (``data.unlabeled_file``) and, with ``data.augmentation``, augmented copies of the raw train and
+    unlabelled texts (tokenized with ``data.max_length``, cached under `cache_dir`), all unlabelled rows -100.
+
+    The validation split is never read. Without unlabelled data or augmentation: ``tokenized["train"]``.
+    """
+    extra = [tokenized["unlabeled"]] if "unlabeled" in tokenized else []
+    augmentation = getattr(data_args, "augmentation", None)
+    if augmentation is not None:
+        for name in ("train", "unlabeled"):
+            if name in raw:
+                copies = augment_dataset(raw[name], augmentation, tokenizer, teacher)
+                if len(copies):
+                    split = f"augmented_{name}"
+                    extra.append(tokenize_dataset(DatasetDict({split: copies}), tokenizer, data_args.max_length,
+                                                  cache_dir=cache_dir)[split])
+    return distillation_train_set(tokenized["train"], extra)
