@@ -168,3 +168,39 @@ def test_a_bad_unlabelled_file_is_a_one_line_config_error(tmp_path, name, conten
     with pytest.raises(ConfigError, match=message) as info:
         load_unlabeled_texts(str(path))
     assert "data.unlabeled_file" in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_the_cli_distils_on_unlabelled_and_augmented_rows_and_evaluates_on_validation_only(tmp_path):
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    recipe = yaml.safe_load((root / "recipes" / "smoke.yaml").read_text())
+    texts = [f"an unlabelled review number {i}, quite good" for i in range(40)]
+    (tmp_path / "unlabelled.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    recipe["data"].update(unlabeled_file=str(tmp_path / "unlabelled.txt"), max_train_samples=64,
+                          augmentation={"copies": 1, "methods": ["mask", "delete"], "seed": 3})
+    recipe["auto_distillation"]["search"]["max_trials"] = 1
+    recipe["baseline"]["enabled"] = False
+    recipe["output_dir"] = str(tmp_path / "out")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, str(root / "run_autodistill.py"), str(tmp_path / "recipe.yaml")],
+                         capture_output=True, text=True, timeout=900, env=env, cwd=root)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    found = re.search(r"Distillation train set: (\d+) labelled \+ (\d+) unlabelled rows", run.stderr)
+    assert found, run.stderr[-3000:]
+    labelled, unlabelled = int(found.group(1)), int(found.group(2))
+    # 40 unlabelled texts, plus at most one copy of each of the 64 train and 40 unlabelled texts
+    assert labelled == 64 and 40 < unlabelled <= 40 + 64 + 40
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert 0.0 <= summary["best_student"]["accuracy"] <= 1.0
