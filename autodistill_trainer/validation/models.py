@@ -146,9 +146,9 @@ def check_search_space(search_space: Mapping[str, list], base_config: Any, limit
             )
         if key not in known:
             raise ConfigError(
-                f"auto_distillation.search.search_space.{key} is neither a field of the student config "
-                f"({type(base_config).__name__}) nor a KD knob ({', '.join(KD_KNOBS)})."
-                f"{did_you_mean(key, sorted(known) + sorted(KD_KNOBS))}"
+                f"auto_distillation.search.search_space.{key} is not a field of the student config "
+                f"({type(base_config).__name__}).{did_you_mean(key, sorted(known) + sorted(KD_KNOBS))} Besides config "
+                f"fields, the search space takes the KD knobs {', '.join(KD_KNOBS)}."
             )
     if math.prod(len(v) for v in search_space.values()) > limit:
         return
