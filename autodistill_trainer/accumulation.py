@@ -40,6 +40,16 @@ def batch_counts(batch: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
+def has_labelled_rows(batch: Mapping[str, Any]) -> bool:
+    """Whether ``batch["labels"]`` holds at least one entry other than -100 (unlabelled rows carry -100 only).
+
+    Without any, the student's own loss is skipped: a mean over zero rows is NaN, and such a micro-batch
+    contributes nothing to the window's label loss (its share of the window's labelled samples is 0).
+    """
+    labels = batch.get("labels")
+    return isinstance(labels, torch.Tensor) and bool(labels.ne(-100).any())
+
+
 def window_scales(local: Mapping[str, int], window: Mapping[str, int] | None, steps: int) -> dict[str, float]:
     """Factor per unit turning this micro-batch's means into its share of the window's mean (1.0 without one)."""
     if not window or steps <= 1:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from transformers import AutoConfig, MobileBertConfig, PretrainedConfig, set_seed
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
+from .configs.kd_knobs import KD_KNOBS, split_knobs
 from .errors import ConfigError, InvalidArchitectureError, did_you_mean
 from .teacher import resolve_model_path
 
@@ -162,11 +163,12 @@ def apply_architecture(base_config: PretrainedConfig, arch: Mapping[str, Any]) -
     """
     config = copy.deepcopy(base_config)
     known = _config_fields(config)
+    arch, _ = split_knobs(arch)  # KD knobs (temperature, kd_weight, flash_share) configure stages, not the config
     for key in arch:
         if key not in known:
             raise ConfigError(
                 f"Unknown architecture field {key!r} for {type(config).__name__}."
-                + did_you_mean(key, sorted(known))
+                + did_you_mean(key, sorted(known) + sorted(KD_KNOBS))
             )
     for key, value in arch.items():
         setattr(config, key, value)

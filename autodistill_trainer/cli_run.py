@@ -23,6 +23,7 @@ from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_tea
 from .errors import ConfigError
 from .cli_summary import format_summary, majority_class_rate, no_trained_message, pick_metrics, trial_counts
 from .data import tokenize_dataset
+from .data.unlabeled import distillation_train_data, load_unlabeled_texts
 from .deploy.runtimes import DeploymentPlan, fingerprint_with_runtime, plan_deployment, runtime_profile_func
 from .deploy.summary import LatencyProtocol, add_speedups, measure_deployment
 from .metrics import build_compute_metrics, build_preprocess_logits_for_metrics
@@ -67,6 +68,8 @@ def run(recipe: Recipe) -> int:
         # 2. Data, the teacher's tokenizer, tokenized data (cached in output_dir).
         with training.main_process_first(desc="loading data"):
             raw, label_names = task.load_data(data, training.seed)
+            if data.unlabeled_file:  # KD terms only (label -100): never in the validation split or the baseline
+                raw["unlabeled"] = load_unlabeled_texts(data.unlabeled_file, data.text_column, data.text_pair_column)
         for split, limit in (("train", data.max_train_samples), ("validation", data.max_eval_samples)):
             if limit:
                 raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
@@ -127,9 +130,13 @@ def run(recipe: Recipe) -> int:
         elif teacher_args.cache_outputs:
             logger.info("teacher.cache_outputs does not apply to the %s task.", task.name)
 
-        # 5. Search: each trial builds, profiles, distils (flash then regular) and evaluates a student.
-        result = _search(config, training, teacher, model_builder, profile, tokenized, collator, tokenizer,
-                         compute_metrics, preprocess_logits, teacher_cache)
+        # 5. Search: each trial builds, profiles, distils (flash then regular) and evaluates a student, on the train
+        # split plus unlabelled rows (data.unlabeled_file, data.augmentation) for the KD terms.
+        with training.main_process_first(desc="distillation data"):
+            distill_train = distillation_train_data(raw, tokenized, data, tokenizer, teacher,
+                                                    cache_dir=os.path.join(output_dir, "cache"))
+        result = _search(config, training, teacher, model_builder, profile, {**tokenized, "train": distill_train},
+                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache)
         if result.best_model_arch is None:
             if is_main:
                 print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .deploy.summary import deployment_rows
 
 __all__ = ["pick_metrics", "trial_counts", "no_trained_message", "majority_class_rate", "learned_nothing",
-           "format_summary", "format_deployment"]
+           "distillation_verdict", "format_summary", "format_deployment"]
 
 _SUMMARY_METRICS = ("accuracy", "f1", "mlm_accuracy", "latency", "params", "flops")
 # a row's Optuna state when it has no `status` (rows written before statuses existed)
@@ -69,6 +69,19 @@ def learned_nothing(scores: Sequence[Optional[float]], majority: Optional[float]
     return majority is not None and bool(given) and all(abs(float(s) - majority) <= tolerance for s in given)
 
 
+def distillation_verdict(student: Optional[float], baseline: Optional[float]) -> Optional[str]:
+    """One line comparing the distilled student with the same architecture trained on labels only (scores in
+    [0, 1]); a warning, in words, when distillation did not beat the labels-only baseline. None without both."""
+    if student is None or baseline is None:
+        return None
+    gain = 100 * (float(student) - float(baseline))
+    if gain > 0:
+        return f"  distillation: +{gain:.2f} points over the same architecture trained on labels only"
+    return (f"  warning: distillation did not beat the labels-only baseline ({100 * float(student):.2f}% vs "
+            f"{100 * float(baseline):.2f}%, {gain:+.2f} points): the labels-only model is as good or better here; "
+            "try data.unlabeled_file or data.augmentation, or search temperature / kd_weight / flash_share")
+
+
 def format_summary(summary: Mapping[str, Any], score_key: str, output_dir: str) -> str:
     """The text the CLI prints at the end of a run (``summary`` is what it writes to summary.json)."""
     teacher, student = summary["teacher"], summary["best_student"]
@@ -85,6 +98,9 @@ def format_summary(summary: Mapping[str, Any], score_key: str, output_dir: str) 
              line("teacher", teacher), line("best student (distilled)", student)]
     if baseline:
         lines.append(line("same arch, no distillation", baseline))
+        verdict = distillation_verdict(student.get(score_key), baseline.get(score_key))
+        if verdict:
+            lines.append(verdict)
     majority = summary.get("majority_class_rate")
     scores = [m.get(score_key) for m in (teacher, student, baseline) if m]
     if learned_nothing(scores, majority):

@@ -23,6 +23,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from .auto_mappings import auto_flash_config
 from .configs.distillation import FlashDistillationConfig, RegularDistillationConfig, parse_distillation
+from .configs.kd_knobs import apply_kd_knobs
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
 from .mappings import LayerMapping
@@ -128,8 +129,10 @@ def plan_stages(
     regular: RegularDistillationConfig | None,
     student: nn.Module,
     teacher: nn.Module,
+    kd_knobs: Mapping[str, Any] | None = None,
 ) -> list[Stage]:
-    """The stages of typed configs for these models (``auto`` resolved against them)."""
+    """The stages of typed configs for these models (``auto`` resolved against them), with a trial's KD knobs
+    (:mod:`~autodistill_trainer.configs.kd_knobs`: temperature, kd_weight, flash_share) applied."""
     stages: list[Stage] = []
     if flash is not None:
         flash = resolve_flash_config(flash, student, teacher)
@@ -148,7 +151,7 @@ def plan_stages(
             "regular", "whole student", None, {}, regular.mappings(), regular.loss_types, regular.loss_weights,
             regular.add_origin_loss, regular.temperature, regular.train_steps, regular.learning_rate,
         ))
-    return stages
+    return apply_kd_knobs(stages, kd_knobs)
 
 
 def run_distillation(
@@ -166,6 +169,7 @@ def run_distillation(
     eval_dataset: Any = None,
     compute_metrics: Callable | None = None,
     preprocess_logits_for_metrics: Callable | None = None,
+    kd_knobs: Mapping[str, Any] | None = None,
 ) -> list[StageResult]:
     """Run the flash stages (one per block, in order), then the regular stage; return per-stage results.
 
@@ -177,13 +181,14 @@ def run_distillation(
     teacher) is restored afterwards. With a `teacher_cache`
     (:class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`), stages whose teacher features are all
     cacheable read them from disk instead of running the teacher. A stage that leaves non-finite weights raises
-    :class:`~autodistill_trainer.guards.NonFiniteParametersError` and no later stage runs.
+    :class:`~autodistill_trainer.guards.NonFiniteParametersError` and no later stage runs. `kd_knobs` (a trial's
+    temperature / kd_weight / flash_share) change the planned stages (see :func:`plan_stages`).
     """
     flash, regular = parse_distillation(flash_distillation, regular_distillation)
     if flash is None and regular is None:
         raise ConfigError("distill: give flash_distillation, regular_distillation or both.")
     teacher = teacher_in_dtype(teacher, teacher_dtype)
-    stages = plan_stages(flash, regular, student, teacher)
+    stages = plan_stages(flash, regular, student, teacher, kd_knobs)
     evaluates = args.eval_strategy != IntervalStrategy.NO
     if evaluates and eval_dataset is None:
         logger.info("eval_strategy=%r is not applied in distillation stages: no eval_dataset was given.",

@@ -19,7 +19,9 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, de
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
 
-from .accumulation import UNIT_SCALES, batch_counts, origin_loss_parts, output_loss, window_scales
+from .accumulation import (
+    UNIT_SCALES, batch_counts, has_labelled_rows, origin_loss_parts, output_loss, window_scales,
+)
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
 from .guards import check_finite_parameters, requires_grad_restored, teacher_in_dtype
@@ -139,6 +141,7 @@ class StageTrainer(Trainer):
         self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         self.criterion.teacher_model = self.teacher_model
         self._kd_term_sums: dict[str, torch.Tensor] = {}
+        self._kd_term_counts: dict[str, int] = {}
         self._kd_term_count = 0
         self._window_counts: dict[str, int] | None = None
         self._window_batches = 1
@@ -257,7 +260,7 @@ class StageTrainer(Trainer):
         reached = torch.tensor([float(p.grad is not None) for _, p in trainable], device=self.args.device)
         for p in model.parameters():
             p.grad = None
-        self._kd_term_sums, self._kd_term_count = {}, 0
+        self._kd_term_sums, self._kd_term_counts, self._kd_term_count = {}, {}, 0
         if self.accelerator.num_processes > 1:
             reached = self.accelerator.reduce(reached, reduction="sum")
         frozen = [(n, p) for (n, p), hit in zip(trainable, reached.tolist()) if not hit]
@@ -341,12 +344,18 @@ class StageTrainer(Trainer):
         teacher_outputs = [inputs[c] for c in self._cached_columns] if cached else None
         loss = self.criterion.loss_cal(teacher_outputs=teacher_outputs, scales=scales)
         terms = dict(self.criterion.last_loss_terms)
-        parts = origin_loss_parts(outputs, inputs) if "labels" in inputs else []
+        # Unlabelled rows (label -100: unlabeled_file, augmented copies) feed the KD terms only; a micro-batch
+        # without any labelled row has no label loss (the model's mean over zero rows would be NaN).
+        parts = origin_loss_parts(outputs, inputs) if has_labelled_rows(inputs) else []
+        uncounted: tuple[str, ...] = ()
         if self.criterion.add_origin_loss and parts:
             for part, unit in parts:
                 loss = loss + part * scales[unit]
             terms["origin_loss"] = sum(part.detach() for part, _ in parts)
-        self._record_terms(terms)
+        elif self.criterion.add_origin_loss and "labels" in inputs:  # same term names on every process (DDP logs)
+            terms["origin_loss"] = loss.detach().new_zeros(())
+            uncounted = ("origin_loss",)
+        self._record_terms(terms, uncounted)
         return (loss, outputs) if return_outputs else loss
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -367,19 +376,21 @@ class StageTrainer(Trainer):
             self.criterion.clear_features()
 
     # ------------------------------------------------------------------ logging
-    def _record_terms(self, terms: Mapping[str, torch.Tensor]) -> None:
+    def _record_terms(self, terms: Mapping[str, torch.Tensor], uncounted: tuple[str, ...] = ()) -> None:
+        """Add one micro-batch's terms; a term in `uncounted` (no labelled row: no label loss) is not averaged in."""
         for name, value in terms.items():
             value = value.float()
             self._kd_term_sums[name] = self._kd_term_sums[name] + value if name in self._kd_term_sums else value
+            self._kd_term_counts[name] = self._kd_term_counts.get(name, 0) + (name not in uncounted)
         self._kd_term_count += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss term since the last log (averaged across processes)."""
         if "loss" in logs and self._kd_term_count:
             names = sorted(self._kd_term_sums)
-            means = torch.stack([self._kd_term_sums[n] for n in names]) / self._kd_term_count
+            means = torch.stack([self._kd_term_sums[n] / max(self._kd_term_counts[n], 1) for n in names])
             if self.accelerator.num_processes > 1:
                 means = self.accelerator.reduce(means.to(self.accelerator.device), reduction="mean")
             logs.update({name: round(float(v), 6) for name, v in zip(names, means.tolist())})
-            self._kd_term_sums, self._kd_term_count = {}, 0
+            self._kd_term_sums, self._kd_term_counts, self._kd_term_count = {}, {}, 0
         super().log(logs, start_time)

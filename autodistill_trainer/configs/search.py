@@ -10,6 +10,7 @@ from typing import Any, Literal, Mapping, Union
 
 from ..errors import ConfigError, did_you_mean
 from . import checks
+from .kd_knobs import KD_KNOBS, check_knob_values
 
 SEARCH_ALGORITHMS = ("BO", "TPE", "NSGA2", "random", "grid")
 #: Default direction of the metrics whose sense is known (``higher_is_better`` may be left out for them).
@@ -136,6 +137,8 @@ def _check_search_space(space: Any) -> dict[str, list[Any]]:
                 raise ConfigError(f"'search.search_space.{name}' holds {v!r}; values must be finite.")
         if len({json.dumps(v) for v in values}) != len(values):
             raise ConfigError(f"'search.search_space.{name}' has repeated values: {checks.shown(values)}.")
+        if name in KD_KNOBS:  # temperature, kd_weight, flash_share: distillation settings, not config fields
+            check_knob_values(name, values)
         search_space[name] = values
     return search_space
 

@@ -12,6 +12,7 @@ from typing import Literal, Optional, Union
 
 from ..errors import ConfigError, did_you_mean
 from . import checks
+from .augmentation import AugmentationArguments
 
 #: Shortest ``data.max_length``: two text tokens plus [CLS]/[SEP] (three special tokens for sentence pairs).
 MIN_MAX_LENGTH = 5
@@ -148,6 +149,9 @@ class DataArguments:
         validation_split_size: share in (0, 1) or count of examples split off train.
         max_train_samples: truncate the training set.
         max_eval_samples: truncate the validation set.
+        unlabeled_file: in-domain texts without labels (text-classification only), used by the KD terms only.
+        augmentation: TinyBERT-style augmented copies of the train (and unlabelled) texts, KD terms only
+            (:class:`~autodistill_trainer.configs.augmentation.AugmentationArguments`).
     """
 
     task: Literal["text-classification", "pretraining"] = field(
@@ -171,6 +175,16 @@ class DataArguments:
     max_train_samples: Optional[int] = field(
         default=None, metadata={"help": "Truncate the training set (for quick runs)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the validation set."})
+    unlabeled_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "In-domain texts without labels for the teacher to teach on: a .txt file (one text a line) "
+                          "or csv/tsv/json/jsonl with data.text_column. KD terms only: no label loss, no metric."},
+    )
+    augmentation: Optional[AugmentationArguments] = field(
+        default=None,
+        metadata={"help": "TinyBERT-style augmented copies of the train (and unlabelled) texts, KD terms only: "
+                          "{copies, methods: [replace, mask, delete], word_prob, top_k, max_delete_words, seed}."},
+    )
 
     def __post_init__(self) -> None:
         if self.task not in DATA_TASKS:
@@ -181,6 +195,13 @@ class DataArguments:
                             "three for sentence pairs)")
         checks.positive_int(self.max_train_samples, "data.max_train_samples", optional=True)
         checks.positive_int(self.max_eval_samples, "data.max_eval_samples", optional=True)
+        checks.non_empty_str(self.unlabeled_file, "data.unlabeled_file", optional=True)
+        if self.augmentation is not None:
+            self.augmentation = AugmentationArguments.from_value(self.augmentation)
+        for key in ("unlabeled_file", "augmentation"):
+            if getattr(self, key) is not None and self.task != "text-classification":
+                raise ConfigError(f"data.{key} applies to the text-classification task only (data.task is "
+                                  f"{self.task!r}); remove it.")
         size = self.validation_split_size
         if size is not None:
             if not checks.is_finite_number(size) or size <= 0 or (

@@ -27,6 +27,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..builders import build_model
 from ..configs import AutoDistillationConfig
+from ..configs.kd_knobs import check_knobs_apply, split_knobs
 from ..errors import ConfigError
 from ..schedule import run_distillation
 from .evaluation import PROFILE_KEYS
@@ -103,6 +104,8 @@ def _check_before_training(context: OOBContext, config: AutoDistillationConfig, 
             "autodistillation_config has neither flash_distillation nor regular_distillation: the built-in "
             "train_func needs one of them (or pass train_func)."
         )
+    if builtin_train:
+        check_knobs_apply(config.search.search_space, config.flash_distillation, config.regular_distillation)
     if not builtin_eval:
         return
     measured = [m for m in config.search.metrics if m not in PROFILE_KEYS]
@@ -160,7 +163,7 @@ def run_autodistillation(
     def recording_builder(arch: dict[str, Any]) -> Any:
         current["arch"] = {k: arch[k] for k in search_keys}
         current.pop("model_dir", None)
-        return user_builder(arch)
+        return user_builder(split_knobs(arch)[0])  # KD knobs go to the stages (train_func), not the builder
 
     def train_func_builtin(model: nn.Module) -> nn.Module:
         directory = trial_dir()
@@ -168,7 +171,7 @@ def run_autodistillation(
             model, teacher_model, dataclasses.replace(args, output_dir=directory), context.train_dataset,
             flash_distillation=config.flash_distillation, regular_distillation=config.regular_distillation,
             data_collator=context.data_collator, processing_class=context.processing_class,
-            callbacks=context.callbacks, teacher_cache=context.teacher_cache,
+            callbacks=context.callbacks, teacher_cache=context.teacher_cache, kd_knobs=split_knobs(current["arch"])[1],
         )
         model_dir = os.path.join(directory, "model")
         if not hasattr(model, "save_pretrained"):

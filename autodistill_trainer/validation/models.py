@@ -12,6 +12,7 @@ import typing
 from typing import Any, Mapping
 
 from ..configs import checks
+from ..configs.kd_knobs import KD_KNOBS
 from ..errors import ConfigError, InvalidArchitectureError, did_you_mean
 from .environment import hub_offline, resolve_model_source
 
@@ -137,7 +138,7 @@ def check_search_space(search_space: Mapping[str, list], base_config: Any, limit
     from ..builders import DERIVED_BASE_CONFIG_KEYS, _config_fields, apply_architecture
 
     known = _config_fields(base_config)
-    for key in search_space:
+    for key in (k for k in search_space if k not in KD_KNOBS):  # KD knobs configure the stages (configs.kd_knobs)
         if key in DERIVED_BASE_CONFIG_KEYS:
             raise ConfigError(
                 f"auto_distillation.search.search_space.{key} cannot be searched: the CLI sets it from the tokenizer, "
@@ -146,7 +147,8 @@ def check_search_space(search_space: Mapping[str, list], base_config: Any, limit
         if key not in known:
             raise ConfigError(
                 f"auto_distillation.search.search_space.{key} is not a field of the student config "
-                f"({type(base_config).__name__}).{did_you_mean(key, sorted(known))}"
+                f"({type(base_config).__name__}).{did_you_mean(key, sorted(known) + sorted(KD_KNOBS))} Besides config "
+                f"fields, the search space takes the KD knobs {', '.join(KD_KNOBS)}."
             )
     if math.prod(len(v) for v in search_space.values()) > limit:
         return
