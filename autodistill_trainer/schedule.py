@@ -200,14 +200,15 @@ def run_distillation(
             results.append(_run_stage(
                 student, teacher, args, train_dataset, stage, index, len(stages),
                 data_collator=data_collator, processing_class=processing_class, callbacks=list(callbacks or []),
-                teacher_cache=teacher_cache, **(evaluation if stage_evaluates else {}),
+                teacher_cache=teacher_cache, step_offset=sum(r.train_steps for r in results),
+                **(evaluation if stage_evaluates else {}),
             ))
     return results
 
 
 def _run_stage(
     student: nn.Module, teacher: nn.Module, args: TrainingArguments, train_dataset: Any, stage: Stage, index: int,
-    total: int, **trainer_kwargs: Any,
+    total: int, step_offset: int = 0, **trainer_kwargs: Any,
 ) -> StageResult:
     label = f"{stage.kind} {index + 1}/{total} {stage.name}"
     trainable = set_trainable(student, None if stage.trainable is None else stage.trainable + list(stage.lr_scales))
@@ -228,6 +229,7 @@ def _run_stage(
     )
     trainer = StageTrainer(model=student, teacher_model=teacher, criterion=criterion, args=stage_args,
                            train_dataset=train_dataset, learning_rate_scales=stage.lr_scales, **trainer_kwargs)
+    trainer.log_step_offset = step_offset  # logs continue the trial's step count across its stages
     matcher_elements = sum(p.numel() for p in criterion.feature_matchers.parameters())
     if not stage_args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)

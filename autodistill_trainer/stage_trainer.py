@@ -103,6 +103,10 @@ class StageTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
+    #: Added to ``state.global_step`` in the logs (trackers, ``log_history``): the steps of the stages before this
+    #: one in a schedule, so that the trackers see one increasing step across a trial's stages.
+    log_step_offset: int = 0
+
     def __init__(
         self,
         model: nn.Module | None = None,
@@ -382,4 +386,8 @@ class StageTrainer(Trainer):
                 means = self.accelerator.reduce(means.to(self.accelerator.device), reduction="mean")
             logs.update({name: round(float(v), 6) for name, v in zip(names, means.tolist())})
             self._kd_term_sums, self._kd_term_count = {}, 0
-        super().log(logs, start_time)
+        self.state.global_step += self.log_step_offset
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.state.global_step -= self.log_step_offset
