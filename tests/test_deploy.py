@@ -136,6 +136,15 @@ def test_plan_defaults_to_onnxruntime_and_export_when_the_extra_is_installed():
     assert plan_deployment("pytorch", False).export_onnx is False
 
 
+@pytest.mark.parametrize("value, best, front", [(True, True, False), ("best", True, False), ("front", True, True),
+                                                 (False, False, False), ("none", False, False)])
+def test_export_onnx_takes_best_front_or_none_and_booleans_keep_their_meaning(value, best, front):
+    from autodistill_trainer.deploy.runtimes import plan_deployment
+
+    plan = plan_deployment("pytorch", value)
+    assert (plan.export_onnx, plan.export_front) == (best, front)
+
+
 def test_plan_without_the_extra_says_it_once_and_refuses_explicit_onnx_options(monkeypatch, caplog):
     import autodistill_trainer.deploy.runtimes as runtimes
 
@@ -150,7 +159,11 @@ def test_plan_without_the_extra_says_it_once_and_refuses_explicit_onnx_options(m
         runtimes.plan_deployment(None, True)
     with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.latency_runtime: 'onnxruntime-int8' needs"):
         runtimes.plan_deployment("onnxruntime-int8", False)
-    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: 'yes' is not a boolean"):
+    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: 'front' needs onnx, onnxrun"):
+        runtimes.plan_deployment(None, "front")
+    assert runtimes.plan_deployment(None, "none").export_onnx is False
+    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: 'yes' is not one of "
+                                          r"\['best', 'front', 'none'\] \(or true/false\)"):
         runtimes.plan_deployment("pytorch", "yes")
 
 
