@@ -79,6 +79,14 @@ def test_the_search_measures_latency_in_the_chosen_runtime(deploy_run):
     assert profiles and {p["latency_runtime"] for p in profiles} == {"onnxruntime-int8"}
 
 
+def test_the_cli_console_has_no_library_bars_or_repeated_warnings(deploy_run):
+    _, run, _ = deploy_run  # the smoke recipe sets disable_tqdm: true
+    for bar in ("Tokenizing train:", "Loading weights:", "Writing model shards:"):
+        assert bar not in run.stderr
+    assert "pin_memory" not in run.stderr  # CPU only: torch's warning is filtered
+    assert run.stderr.count("switched it to eager attention") <= 1
+
+
 def test_baseline_model_is_kept_and_console_and_card_show_the_deployment_table(deploy_run):
     out, run, _ = deploy_run
     assert any(p.suffix == ".safetensors" for p in (out / "baseline" / "model").iterdir())

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from ..builders import build_model
 from ..configs import AutoDistillationConfig
@@ -121,6 +122,12 @@ def _check_before_training(context: OOBContext, config: AutoDistillationConfig, 
         )
 
 
+def _trial_label(agent: AutoDistillation) -> str:
+    """``trial <number>`` of the trial being trained (on the process that drives the study), else ``""``."""
+    current = getattr(agent, "_current", None)  # the driver's proposal in progress (rank 0)
+    return f"trial {current['trial'].number}" if current else ""
+
+
 def run_autodistillation(
     context: OOBContext,
     teacher_model: nn.Module,
@@ -172,7 +179,7 @@ def run_autodistillation(
             model, teacher_model, dataclasses.replace(args, output_dir=directory), context.train_dataset,
             flash_distillation=config.flash_distillation, regular_distillation=config.regular_distillation,
             data_collator=context.data_collator, processing_class=context.processing_class,
-            callbacks=context.callbacks, teacher_cache=context.teacher_cache,
+            callbacks=context.callbacks, teacher_cache=context.teacher_cache, log_label=_trial_label(agent),
         )
         losses_by_arch[arch_slug(current["arch"])] = stage_losses(stages)
         model_dir = os.path.join(directory, "model")
@@ -192,6 +199,7 @@ def run_autodistillation(
             data_collator=context.data_collator, compute_metrics=context.compute_metrics,
             preprocess_logits_for_metrics=context.preprocess_logits_for_metrics,
         )
+        evaluator.remove_callback(PrinterCallback)  # the search logs one line per trial with its metrics
         metrics: dict[str, Any] = {
             name: value for name, value in ((k.removeprefix("eval_"), v) for k, v in evaluator.evaluate().items())
             if isinstance(value, (int, float)) and name not in EVALUATION_BOOKKEEPING
