@@ -241,3 +241,11 @@ def test_int8_quantization_adds_no_root_logger_chatter(tmp_path, caplog):
         export_onnx(_model("mobilebert"), str(tmp_path))
     assert [r.getMessage()[:60] for r in caplog.records if r.name == "root"] == []
     assert not logging.getLogger().filters  # the filter is removed after quantizing
+
+
+def test_help_shows_the_export_onnx_choices_and_its_type_without_typing_noise():
+    from autodistill_trainer.cli_help import usage
+
+    text = usage()
+    assert "    export_onnx (bool | str):" in text and "'front': also every Pareto-front student" in text
+    assert "Union[" not in text
