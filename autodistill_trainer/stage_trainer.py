@@ -103,9 +103,7 @@ class StageTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
-    #: Added to ``state.global_step`` in the logs (trackers, ``log_history``): the steps of the stages before this
-    #: one in a schedule, so that the trackers see one increasing step across a trial's stages.
-    log_step_offset: int = 0
+    log_step_offset: int = 0  #: added to the logged step: the earlier stages' steps (one step count per trial)
 
     def __init__(
         self,
