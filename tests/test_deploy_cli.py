@@ -40,13 +40,14 @@ def test_best_model_holds_onnx_fp32_and_int8_listed_in_the_manifest(deploy_run):
 
 
 def test_export_onnx_front_exports_each_front_student_beside_its_trial_model(deploy_run):
-    out, _, summary = deploy_run
+    out, run, summary = deploy_run
     (entry,) = summary["deployment"]["front_exports"]  # max_trials 1: a front of one
     assert entry["arch"] == summary["best_student"]["arch"]
     assert os.path.dirname(entry["onnx_dir"]) == entry["model_dir"]
     assert os.path.realpath(entry["model_dir"]).startswith(os.path.realpath(out / "trials"))
     assert sorted(os.listdir(entry["onnx_dir"])) == ["model.onnx", "model_int8.onnx"]
     assert entry["max_abs_diff_by_runtime"]["onnxruntime"] < 1e-4
+    assert "Pareto-front students exported to ONNX: 1, each in <trial model dir>/onnx/" in run.stdout
 
 
 def test_summary_reports_score_latency_size_and_speedup_per_runtime_for_each_model(deploy_run):
