@@ -47,6 +47,8 @@ def main(argv: Optional[list[str]] = None) -> int:
       DataLoader workers (it warns, or deadlocks).
     * glibc ``mallopt`` (:func:`_keep_freed_memory`): keep freed heap memory instead of trimming it every step.
     * logging: format and level for the whole process (info on the main process, warnings elsewhere).
+    * console (:func:`~autodistill_trainer.console.quiet_console`): library progress bars off with ``disable_tqdm``;
+      torch's pin_memory warning off without an accelerator.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or "-h" in argv or "--help" in argv:
@@ -61,6 +63,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                             level=logging.INFO if recipe.training.should_log else logging.WARNING)
         transformers.utils.logging.set_verbosity_warning()
+        from .console import quiet_console  # the training stack: imported once the recipe is valid
+
+        quiet_console(recipe.training.disable_tqdm)
         return run(recipe)
     except ConfigError as error:  # bad input, found while validating or loading: one line, no traceback
         print(f"error: {error}", file=sys.stderr)

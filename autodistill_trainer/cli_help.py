@@ -48,7 +48,18 @@ def _type_name(annotation: Any) -> str:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     text = str(text).replace("typing.", "")
     optional = re.fullmatch(r"Optional\[(.*)\]", text)
-    return optional.group(1) if optional else text
+    text = optional.group(1) if optional else text
+    union = re.fullmatch(r"Union\[(.*)\]", text)
+    if not union:
+        return text
+    parts, depth, current = [], 0, ""
+    for char in union.group(1):  # split on the top-level commas only: Union[dict[str, X], str]
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts, current = [*parts, current.strip()], ""
+        else:
+            current += char
+    return " | ".join([*parts, current.strip()])
 
 
 def _section(path: str, cls: Any) -> list[str]:

@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .cli_summary import format_summary, majority_class_rate, no_trained_message, pick_metrics, trial_counts
 from .data import tokenize_dataset
 from .data.unlabeled import distillation_train_data, load_unlabeled_texts
+from .deploy.front import export_front
 from .deploy.runtimes import DeploymentPlan, fingerprint_with_runtime, plan_deployment, runtime_profile_func
 from .deploy.summary import LatencyProtocol, add_speedups, measure_deployment
 from .metrics import build_compute_metrics, build_preprocess_logits_for_metrics
@@ -210,6 +211,11 @@ def run(recipe: Recipe) -> int:
             "wall_time_s": time.time() - start, "best_model": best_dir,
             "deployment": _deployment_section(deployment, protocol, deployed),
         }
+        if deployment.export_front:  # evaluation.export_onnx: front: each Pareto-front student, beside its model
+            summary["deployment"]["front_exports"] = export_front(
+                result.pareto_front, model_cls.from_pretrained,
+                lambda: _validation_batches(tokenized["validation"], collator, training), protocol, score_key,
+                deployment.runtimes, compute_metrics, preprocess_logits)
         for name, entry in deployed.items():
             if summary.get(name) is not None and entry is not None:
                 summary[name].update(entry)

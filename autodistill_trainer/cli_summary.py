@@ -112,6 +112,10 @@ def format_summary(summary: Mapping[str, Any], score_key: str, output_dir: str) 
         f"  best architecture: {student['arch']}",
         f"  outputs: {output_dir}/ (search_results.json/.csv/.md, pareto_front.png, best_model/)",
     ]
+    front = (summary.get("deployment") or {}).get("front_exports")
+    if front is not None:
+        lines.append(f"  Pareto-front students exported to ONNX: {len(front)}, each in <trial model dir>/onnx/ "
+                     "(summary.json deployment.front_exports)")
     deployment = format_deployment(summary, score_key)
     return "\n".join(lines + ([deployment] if deployment else []))
 

@@ -19,11 +19,11 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 from transformers import IntervalStrategy, TrainingArguments
-from transformers.trainer_callback import ProgressCallback
 
 from .auto_mappings import auto_flash_config
 from .configs.distillation import FlashDistillationConfig, RegularDistillationConfig, parse_distillation
 from .configs.kd_knobs import apply_kd_knobs
+from .console import StageProgressCallback, label_stage_output  # noqa: F401 (StageProgressCallback: moved)
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
 from .mappings import LayerMapping
@@ -49,19 +49,6 @@ class StageResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-class StageProgressCallback(ProgressCallback):
-    """The Trainer's progress bar, labelled with the stage (``flash 2/6 mobilebert.encoder.layer.1``)."""
-
-    def __init__(self, label: str):
-        super().__init__()
-        self.label = label
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is not None:
-            self.training_bar.set_description(self.label)
 
 
 def matches_prefix(name: str, prefix: str) -> bool:
@@ -170,6 +157,7 @@ def run_distillation(
     compute_metrics: Callable | None = None,
     preprocess_logits_for_metrics: Callable | None = None,
     kd_knobs: Mapping[str, Any] | None = None,
+    log_label: str = "",
 ) -> list[StageResult]:
     """Run the flash stages (one per block, in order), then the regular stage; return per-stage results.
 
@@ -182,7 +170,8 @@ def run_distillation(
     (:class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`), stages whose teacher features are all
     cacheable read them from disk instead of running the teacher. A stage that leaves non-finite weights raises
     :class:`~autodistill_trainer.guards.NonFiniteParametersError` and no later stage runs. `kd_knobs` (a trial's
-    temperature / kd_weight / flash_share) change the planned stages (see :func:`plan_stages`).
+    temperature / kd_weight / flash_share) change the planned stages (see :func:`plan_stages`). `log_label` (e.g.
+    ``trial 3``) starts each stage's log lines and progress-bar label.
     """
     flash, regular = parse_distillation(flash_distillation, regular_distillation)
     if flash is None and regular is None:
@@ -205,16 +194,17 @@ def run_distillation(
             results.append(_run_stage(
                 student, teacher, args, train_dataset, stage, index, len(stages),
                 data_collator=data_collator, processing_class=processing_class, callbacks=list(callbacks or []),
-                teacher_cache=teacher_cache, **(evaluation if stage_evaluates else {}),
+                teacher_cache=teacher_cache, step_offset=sum(r.train_steps for r in results), log_label=log_label,
+                **(evaluation if stage_evaluates else {}),
             ))
     return results
 
 
 def _run_stage(
     student: nn.Module, teacher: nn.Module, args: TrainingArguments, train_dataset: Any, stage: Stage, index: int,
-    total: int, **trainer_kwargs: Any,
+    total: int, step_offset: int = 0, log_label: str = "", **trainer_kwargs: Any,
 ) -> StageResult:
-    label = f"{stage.kind} {index + 1}/{total} {stage.name}"
+    label, prefix = f"{stage.kind} {index + 1}/{total} {stage.name}", f"{log_label}: " if log_label else ""
     trainable = set_trainable(student, None if stage.trainable is None else stage.trainable + list(stage.lr_scales))
     overrides: dict[str, Any] = {}
     if trainer_kwargs.get("eval_dataset") is None:
@@ -226,17 +216,17 @@ def _run_stage(
         output_dir=os.path.join(args.output_dir, f"stage-{index:02d}-{stage.kind}-{_slug(stage.name)}"),
         **overrides,
     )
-    logger.info("Distillation stage %d/%d (%s): %s, %d steps", index + 1, total, stage.kind, stage.name, stage.steps)
+    logger.info("%sDistillation stage %d/%d (%s): %s, %d steps", prefix, index + 1, total, stage.kind, stage.name,
+                stage.steps)
     criterion = IntermediateLayersKnowledgeDistillationLoss(
         student, teacher, stage.layer_mappings, loss_types=stage.loss_types, loss_weights=stage.loss_weights,
         temperature=stage.temperature, add_origin_loss=stage.add_origin_loss,
     )
     trainer = StageTrainer(model=student, teacher_model=teacher, criterion=criterion, args=stage_args,
                            train_dataset=train_dataset, learning_rate_scales=stage.lr_scales, **trainer_kwargs)
+    trainer.log_step_offset = step_offset  # logs continue the trial's step count across its stages
     matcher_elements = sum(p.numel() for p in criterion.feature_matchers.parameters())
-    if not stage_args.disable_tqdm:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(StageProgressCallback(label))
+    label_stage_output(trainer, f"{log_label} {label}".strip())  # labelled bar or log lines; no end-of-train dict
     start = time.perf_counter()
     try:
         output = trainer.train()
@@ -249,7 +239,7 @@ def _run_stage(
         train_loss=float(output.training_loss), loss_terms=terms, runtime_s=time.perf_counter() - start,
         trainable_parameters=trainable + matcher_elements,
     )
-    logger.info("Stage %s done: train loss %.4f in %.1fs", label, result.train_loss, result.runtime_s)
+    logger.info("%sStage %s done: train loss %.4f in %.1fs", prefix, label, result.train_loss, result.runtime_s)
     return result
 
 

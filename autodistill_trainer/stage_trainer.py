@@ -19,9 +19,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, de
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
 
-from .accumulation import (
-    UNIT_SCALES, batch_counts, has_labelled_rows, origin_loss_parts, output_loss, window_scales,
-)
+from .accumulation import UNIT_SCALES, batch_counts, has_labelled_rows, origin_loss_parts, output_loss, window_scales
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
 from .guards import check_finite_parameters, requires_grad_restored, teacher_in_dtype
@@ -104,6 +102,8 @@ class StageTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = False
+
+    log_step_offset: int = 0  #: added to the logged step: the earlier stages' steps (one step count per trial)
 
     def __init__(
         self,
@@ -393,4 +393,8 @@ class StageTrainer(Trainer):
                 means = self.accelerator.reduce(means.to(self.accelerator.device), reduction="mean")
             logs.update({name: round(float(v), 6) for name, v in zip(names, means.tolist())})
             self._kd_term_sums, self._kd_term_counts, self._kd_term_count = {}, {}, 0
-        super().log(logs, start_time)
+        self.state.global_step += self.log_step_offset
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.state.global_step -= self.log_step_offset

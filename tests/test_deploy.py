@@ -136,6 +136,15 @@ def test_plan_defaults_to_onnxruntime_and_export_when_the_extra_is_installed():
     assert plan_deployment("pytorch", False).export_onnx is False
 
 
+@pytest.mark.parametrize("value, best, front", [(True, True, False), ("best", True, False), ("front", True, True),
+                                                 (False, False, False), ("none", False, False)])
+def test_export_onnx_takes_best_front_or_none_and_booleans_keep_their_meaning(value, best, front):
+    from autodistill_trainer.deploy.runtimes import plan_deployment
+
+    plan = plan_deployment("pytorch", value)
+    assert (plan.export_onnx, plan.export_front) == (best, front)
+
+
 def test_plan_without_the_extra_says_it_once_and_refuses_explicit_onnx_options(monkeypatch, caplog):
     import autodistill_trainer.deploy.runtimes as runtimes
 
@@ -150,7 +159,11 @@ def test_plan_without_the_extra_says_it_once_and_refuses_explicit_onnx_options(m
         runtimes.plan_deployment(None, True)
     with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.latency_runtime: 'onnxruntime-int8' needs"):
         runtimes.plan_deployment("onnxruntime-int8", False)
-    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: 'yes' is not a boolean"):
+    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: 'front' needs onnx, onnxrun"):
+        runtimes.plan_deployment(None, "front")
+    assert runtimes.plan_deployment(None, "none").export_onnx is False
+    with pytest.raises(ConfigError, match=r"^auto_distillation.evaluation.export_onnx: 'yes' is not one of "
+                                          r"\['best', 'front', 'none'\] \(or true/false\)"):
         runtimes.plan_deployment("pytorch", "yes")
 
 
@@ -228,3 +241,11 @@ def test_int8_quantization_adds_no_root_logger_chatter(tmp_path, caplog):
         export_onnx(_model("mobilebert"), str(tmp_path))
     assert [r.getMessage()[:60] for r in caplog.records if r.name == "root"] == []
     assert not logging.getLogger().filters  # the filter is removed after quantizing
+
+
+def test_help_shows_the_export_onnx_choices_and_its_type_without_typing_noise():
+    from autodistill_trainer.cli_help import usage
+
+    text = usage()
+    assert "    export_onnx (bool | str):" in text and "'front': also every Pareto-front student" in text
+    assert "Union[" not in text

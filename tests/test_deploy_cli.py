@@ -25,7 +25,7 @@ MODELS = ("teacher", "best_student", "baseline_without_distillation")
 def deploy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("deploy")
     run = subprocess.run([sys.executable, str(ROOT / "run_autodistill.py"), str(SMOKE), "--output_dir", str(out),
-                          "--max_trials", "1", "--latency_runtime", "onnxruntime-int8"],
+                          "--max_trials", "1", "--latency_runtime", "onnxruntime-int8", "--export_onnx", "front"],
                          capture_output=True, text=True, timeout=900, env=ENV, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, run, json.loads((out / "summary.json").read_text())
@@ -37,6 +37,17 @@ def test_best_model_holds_onnx_fp32_and_int8_listed_in_the_manifest(deploy_run):
     assert sorted(p.name for p in onnx_dir.iterdir()) == ["model.onnx", "model_int8.onnx"]
     manifest = json.loads((out / "best_model" / ".autodistill_export.json").read_text())
     assert {"onnx/model.onnx", "onnx/model_int8.onnx"} <= set(manifest["files"])
+
+
+def test_export_onnx_front_exports_each_front_student_beside_its_trial_model(deploy_run):
+    out, run, summary = deploy_run
+    (entry,) = summary["deployment"]["front_exports"]  # max_trials 1: a front of one
+    assert entry["arch"] == summary["best_student"]["arch"]
+    assert os.path.dirname(entry["onnx_dir"]) == entry["model_dir"]
+    assert os.path.realpath(entry["model_dir"]).startswith(os.path.realpath(out / "trials"))
+    assert sorted(os.listdir(entry["onnx_dir"])) == ["model.onnx", "model_int8.onnx"]
+    assert entry["max_abs_diff_by_runtime"]["onnxruntime"] < 1e-4
+    assert "Pareto-front students exported to ONNX: 1, each in <trial model dir>/onnx/" in run.stdout
 
 
 def test_summary_reports_score_latency_size_and_speedup_per_runtime_for_each_model(deploy_run):
@@ -67,6 +78,14 @@ def test_the_search_measures_latency_in_the_chosen_runtime(deploy_run):
     study = optuna.load_study(study_name=study_summary.study_name, storage=storage)
     profiles = [t.user_attrs["profile"] for t in study.get_trials() if "profile" in t.user_attrs]
     assert profiles and {p["latency_runtime"] for p in profiles} == {"onnxruntime-int8"}
+
+
+def test_the_cli_console_has_no_library_bars_or_repeated_warnings(deploy_run):
+    _, run, _ = deploy_run  # the smoke recipe sets disable_tqdm: true
+    for bar in ("Tokenizing train:", "Loading weights:", "Writing model shards:"):
+        assert bar not in run.stderr
+    assert "pin_memory" not in run.stderr  # CPU only: torch's warning is filtered
+    assert run.stderr.count("switched it to eager attention") <= 1
 
 
 def test_baseline_model_is_kept_and_console_and_card_show_the_deployment_table(deploy_run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from autodistill_trainer.search import AutoDistillation
 
@@ -24,6 +25,43 @@ def test_the_study_names_its_metrics_for_dashboards(tmp_path):
     reloaded = optuna.load_study(study_name=summary.study_name, storage=agent.storage_url)
     assert reloaded.metric_names == ["accuracy", "latency"]
 
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_optuna_pareto_plot_names_the_metrics_and_plots_only_trained_trials(tmp_path):
+    """What optuna-dashboard and optuna.visualization read: COMPLETE trials (trained) with the study's metric names;
+    invalid, over-budget and duplicate proposals end PRUNED and failures FAIL, so none of them is plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization.matplotlib import plot_pareto_front
+
+    from autodistill_trainer.errors import InvalidArchitectureError
+
+    def build(arch):
+        if arch["a"] == 3:
+            raise InvalidArchitectureError("a=3 is not buildable")
+        return _Arch(arch)
+
+    def train(model):
+        if model.arch["a"] == 4:
+            raise RuntimeError("diverged")
+
+    design = {"search": {"search_space": {"a": [1, 2, 3, 4, 5]}, "search_algorithm": "grid", "max_trials": 10,
+                         "metrics": ["accuracy", "latency"], "higher_is_better": [True, False], "seed": 0,
+                         "max_params": 40}}
+    agent = AutoDistillation(build, design, train_func=train, eval_func=lambda m: {"accuracy": m.arch["a"] / 10},
+                             profile_func=lambda m: {"latency": float(m.arch["a"]), "params": 10 * m.arch["a"]},
+                             output_dir=str(tmp_path))
+    agent.search_loop()
+    statuses = {t.params["a"] if "a" in t.params else None: (t.state.name, t.user_attrs.get("status"))
+                for t in agent.study.get_trials() if t.user_attrs.get("status") != "duplicate"}
+    assert statuses[3] == ("PRUNED", "invalid") and statuses[5] == ("PRUNED", "over_budget")
+    assert statuses[4] == ("FAIL", "failed") and statuses[1] == statuses[2] == ("COMPLETE", "trained")
+    ax = plot_pareto_front(agent.study)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("accuracy", "latency")
+    plotted = sorted(tuple(map(float, xy)) for c in ax.collections for xy in c.get_offsets())
+    assert plotted == [(0.1, 1.0), (0.2, 2.0)]
 
 def _card(tmp_path, base_model, **kwargs):
     from huggingface_hub import ModelCard

@@ -20,6 +20,8 @@ MIN_MAX_LENGTH = 5
 MAX_SEQ_LENGTH = 8192
 #: The latency runtimes, in report order: PyTorch eager, ONNX Runtime fp32, ONNX Runtime with dynamic int8 weights.
 LATENCY_RUNTIMES = ("pytorch", "onnxruntime", "onnxruntime-int8")
+#: ``evaluation.export_onnx`` values: the best student, also the Pareto front's students, nothing.
+ONNX_EXPORT_SCOPES = ("best", "front", "none")
 #: Upper bounds of the latency protocol (a typo such as ``1e9`` would otherwise time forwards for days).
 MAX_LATENCY_REPEATS = 10_000
 MAX_LATENCY_WARMUP = 10_000
@@ -227,7 +229,9 @@ class EvaluationArguments:
         latency_runtime: runtime the latency objective is measured in, for students and teacher alike:
             ``pytorch``, ``onnxruntime`` or ``onnxruntime-int8`` (default: ``onnxruntime`` when installed, else
             ``pytorch``; the run's deployment plan checks what is installed).
-        export_onnx: export the best student to ``best_model/onnx/`` (default: true when the onnx extra is installed).
+        export_onnx: ``best`` (or true): the best student to ``best_model/onnx/``; ``front``: also every student of
+            the Pareto front to ``<its trial model dir>/onnx/``; ``none`` (or false): no export. Default: ``best`` when
+            the onnx extra is installed.
     """
 
     metrics: list[str] = field(
@@ -256,10 +260,12 @@ class EvaluationArguments:
                           "(eager), 'onnxruntime' (ONNX fp32) or 'onnxruntime-int8' (ONNX, dynamic int8 weights). "
                           "Default: 'onnxruntime' when the onnx extra is installed, else 'pytorch'."},
     )
-    export_onnx: Optional[bool] = field(
+    export_onnx: Optional[Union[bool, str]] = field(
         default=None,
-        metadata={"help": "Export the best student to best_model/onnx/ (model.onnx, model_int8.onnx), each checked "
-                          "against PyTorch. Default: true when the onnx extra is installed."},
+        metadata={"help": "ONNX export (model.onnx, model_int8.onnx, each checked against PyTorch): 'best' (or true): "
+                          "the best student to best_model/onnx/; 'front': also every Pareto-front student to "
+                          "<trial model dir>/onnx/; 'none' (or false): no export. Default: 'best' when the onnx "
+                          "extra is installed."},
     )
 
     def __post_init__(self) -> None:
@@ -278,8 +284,11 @@ class EvaluationArguments:
         if self.latency_runtime is not None and self.latency_runtime not in LATENCY_RUNTIMES:
             raise ConfigError(f"{where}.latency_runtime is {checks.shown(self.latency_runtime)}; choose one of "
                               f"{list(LATENCY_RUNTIMES)}.{did_you_mean(str(self.latency_runtime), LATENCY_RUNTIMES)}")
-        if self.export_onnx is not None:
-            checks.boolean(self.export_onnx, f"{where}.export_onnx")
+        if self.export_onnx is not None and not isinstance(self.export_onnx, bool) and (
+                self.export_onnx not in ONNX_EXPORT_SCOPES):
+            raise ConfigError(f"{where}.export_onnx is {checks.shown(self.export_onnx)}; choose one of "
+                              f"{list(ONNX_EXPORT_SCOPES)} (true is 'best', false is 'none')."
+                              f"{did_you_mean(str(self.export_onnx), ONNX_EXPORT_SCOPES)}")
 
 
 @dataclass

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
+from ..configs.sections import ONNX_EXPORT_SCOPES
 from ..errors import ConfigError
 from ..profiling import (
     LatencyResult, ProfilingUnsupportedError, count_flops, count_parameters, dummy_inputs, latency_result,
@@ -26,8 +27,8 @@ from . import ONNX_INSTALL_HINT, ONNX_RUNTIMES, RUNTIMES, missing_onnx_packages,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DeploymentPlan", "plan_deployment", "fingerprint_with_runtime", "default_runtime", "check_runtime",
-           "measure_onnx_latency", "measure_runtime_latency", "runtime_profile_func"]
+__all__ = ["DeploymentPlan", "export_scope", "plan_deployment", "fingerprint_with_runtime", "default_runtime",
+           "check_runtime", "measure_onnx_latency", "measure_runtime_latency", "runtime_profile_func"]
 
 
 def default_runtime() -> str:
@@ -148,38 +149,53 @@ def runtime_profile_func(
 @dataclass(frozen=True)
 class DeploymentPlan:
     """What a run does for deployment: ``latency_runtime`` (the search objective's runtime), ``export_onnx``
-    (write ``best_model/onnx/``) and ``runtimes`` (those the deployment summary reports: ``pytorch``, plus the ONNX
-    runtimes when the ``onnx`` extra is installed)."""
+    (write ``best_model/onnx/``), ``runtimes`` (those the deployment summary reports: ``pytorch``, plus the ONNX
+    runtimes when the ``onnx`` extra is installed) and ``export_front`` (also export every Pareto-front student to
+    ``<its trial model dir>/onnx/``)."""
 
     latency_runtime: str
     export_onnx: bool
     runtimes: tuple[str, ...]
+    export_front: bool = False
 
 
-def plan_deployment(latency_runtime: Optional[str], export_onnx: Optional[bool],
+def export_scope(export_onnx: Optional[Union[bool, str]], key: str) -> Optional[str]:
+    """``evaluation.export_onnx`` as ``best``, ``front`` or ``none`` (true is ``best``, false ``none``; None stays)."""
+    if export_onnx is None:
+        return None
+    if isinstance(export_onnx, bool):
+        return "best" if export_onnx else "none"
+    if export_onnx not in ONNX_EXPORT_SCOPES:
+        raise ConfigError(f"{key}: {export_onnx!r} is not one of {list(ONNX_EXPORT_SCOPES)} (or true/false); "
+                          "use best, front or none.")
+    return export_onnx
+
+
+def plan_deployment(latency_runtime: Optional[str], export_onnx: Optional[Union[bool, str]],
                     prefix: str = "auto_distillation.evaluation") -> DeploymentPlan:
     """Check the recipe's ``latency_runtime`` and ``export_onnx`` (None: the defaults) and resolve them.
 
-    Defaults: ``onnxruntime`` and an export when the ``onnx`` extra is installed; otherwise ``pytorch``, no export,
-    and ONE log line saying what the ONNX options need. An explicit ONNX runtime or ``export_onnx: true`` without
-    the extra, an unknown runtime, or a non-boolean ``export_onnx`` raise :class:`ConfigError` naming the key.
+    Defaults: ``onnxruntime`` and an export of the best student when the ``onnx`` extra is installed; otherwise
+    ``pytorch``, no export, and ONE log line saying what the ONNX options need. An explicit ONNX runtime or export
+    (``true``, ``best``, ``front``) without the extra, an unknown runtime, or an ``export_onnx`` that is neither a
+    boolean nor one of ``best``/``front``/``none`` raise :class:`ConfigError` naming the key.
     """
     if latency_runtime is not None:
         check_runtime(latency_runtime, f"{prefix}.latency_runtime")
-    if export_onnx is not None and not isinstance(export_onnx, bool):
-        raise ConfigError(f"{prefix}.export_onnx: {export_onnx!r} is not a boolean; use true or false.")
+    scope = export_scope(export_onnx, f"{prefix}.export_onnx")
     missing = missing_onnx_packages()
-    if export_onnx and missing:
-        raise ConfigError(f"{prefix}.export_onnx: true needs {', '.join(missing)}: run `{ONNX_INSTALL_HINT}`, "
-                          "or set it to false.")
+    if scope in ("best", "front") and missing:
+        shown = "true" if export_onnx is True else repr(export_onnx)
+        raise ConfigError(f"{prefix}.export_onnx: {shown} needs {', '.join(missing)}: run `{ONNX_INSTALL_HINT}`, "
+                          "or set it to none.")
     if missing:
-        if latency_runtime is None or export_onnx is None:
+        if latency_runtime is None or scope is None:
             logger.info("ONNX export and ONNX Runtime latency are off: they need `%s` (%s not installed); "
                         "latency runtime: pytorch", ONNX_INSTALL_HINT, ", ".join(missing))
         return DeploymentPlan(latency_runtime or "pytorch", False, ("pytorch",))
     if latency_runtime is None:
         logger.info("latency runtime: onnxruntime (default; set %s.latency_runtime to change it)", prefix)
-    return DeploymentPlan(latency_runtime or "onnxruntime", export_onnx is not False, RUNTIMES)
+    return DeploymentPlan(latency_runtime or "onnxruntime", scope != "none", RUNTIMES, export_front=scope == "front")
 
 
 def fingerprint_with_runtime(fingerprint: dict[str, Any], latency_runtime: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from ..builders import build_model
 from ..configs import AutoDistillationConfig
@@ -33,6 +34,7 @@ from ..schedule import run_distillation
 from .evaluation import PROFILE_KEYS
 from .loop import AutoDistillation
 from .results import AutoDistillationResult
+from .tracking import SearchTracker, stage_losses
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,12 @@ def _check_before_training(context: OOBContext, config: AutoDistillationConfig, 
         )
 
 
+def _trial_label(agent: AutoDistillation) -> str:
+    """``trial <number>`` of the trial being trained (on the process that drives the study), else ``""``."""
+    current = getattr(agent, "_current", None)  # the driver's proposal in progress (rank 0)
+    return f"trial {current['trial'].number}" if current else ""
+
+
 def run_autodistillation(
     context: OOBContext,
     teacher_model: nn.Module,
@@ -145,6 +153,8 @@ def run_autodistillation(
     _check_before_training(context, config, train_func is None, eval_func is None)
     search_keys = list(config.search.search_space)
     current: dict[str, Any] = {}  # the arch built last (each process builds every arch it trains)
+    losses_by_arch: dict[str, dict[str, float]] = {}  # stage losses of each trial, for the trackers
+    tracker = SearchTracker(args)
 
     def trial_dir() -> str:
         return os.path.join(args.output_dir, "trials", arch_slug(current["arch"]))
@@ -161,18 +171,21 @@ def run_autodistillation(
     user_builder = model_builder
 
     def recording_builder(arch: dict[str, Any]) -> Any:
+        tracker.log_rows(agent.search_result, losses_by_arch, arch_slug)  # the trials that ended before this one
         current["arch"] = {k: arch[k] for k in search_keys}
         current.pop("model_dir", None)
         return user_builder(split_knobs(arch)[0])  # KD knobs go to the stages (train_func), not the builder
 
     def train_func_builtin(model: nn.Module) -> nn.Module:
         directory = trial_dir()
-        run_distillation(
+        stages = run_distillation(
             model, teacher_model, dataclasses.replace(args, output_dir=directory), context.train_dataset,
             flash_distillation=config.flash_distillation, regular_distillation=config.regular_distillation,
             data_collator=context.data_collator, processing_class=context.processing_class,
             callbacks=context.callbacks, teacher_cache=context.teacher_cache, kd_knobs=split_knobs(current["arch"])[1],
+            log_label=_trial_label(agent),
         )
+        losses_by_arch[arch_slug(current["arch"])] = stage_losses(stages)
         model_dir = os.path.join(directory, "model")
         if not hasattr(model, "save_pretrained"):
             logger.warning("the trained %s has no save_pretrained(): it is not saved", type(model).__name__)
@@ -190,6 +203,7 @@ def run_autodistillation(
             data_collator=context.data_collator, compute_metrics=context.compute_metrics,
             preprocess_logits_for_metrics=context.preprocess_logits_for_metrics,
         )
+        evaluator.remove_callback(PrinterCallback)  # the search logs one line per trial with its metrics
         metrics: dict[str, Any] = {
             name: value for name, value in ((k.removeprefix("eval_"), v) for k, v in evaluator.evaluate().items())
             if isinstance(value, (int, float)) and name not in EVALUATION_BOOKKEEPING
@@ -209,5 +223,11 @@ def run_autodistillation(
         eval_func=eval_func_builtin if eval_func is None else eval_with_model_dir, profile_func=profile_func,
         output_dir=args.output_dir,
     )
-    agent.search_loop()
+    if tracker.active:  # a resumed study's earlier trials were reported by their own run
+        tracker.reported.update(t.number for t in agent.study.get_trials(deepcopy=False) if t.state.is_finished())
+    try:
+        agent.search_loop()
+        tracker.log_rows(agent.search_result, losses_by_arch, arch_slug)
+    finally:
+        tracker.close()
     return agent, agent.result()
