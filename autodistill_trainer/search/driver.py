@@ -25,6 +25,7 @@ from .ledger import (
     STATUS_DUPLICATE, STATUS_INVALID, STATUS_NOT_NEEDED, STATUS_OVER_BUDGET, STATUS_TRAINED, LiveTrials, arch_key,
     trial_id,
 )
+from .multi_fidelity import next_multi_fidelity_candidate, time_is_up
 from .results import jsonable
 from .samplers import make_advisor
 from .storage import DEFAULT_DB_FILENAME, Heartbeat, create_or_load_study, fail_dead_workers_trials, make_storage
@@ -199,9 +200,13 @@ class StudyDriver:
     def _next_candidate(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """Propose until an arch worth building is found (returns it, its trial RUNNING) or the search ends."""
         cfg = self.search_config
+        if cfg.multi_fidelity is not None:
+            return next_multi_fidelity_candidate(self, state)
         while True:
             if self._stop_error is not None:
                 raise self._stop_error
+            if time_is_up(self, state):
+                return None
             self.fail_stale_trials()
             snap = self._snapshot()
             if snap.n_counted >= cfg.max_trials:
@@ -242,6 +247,9 @@ class StudyDriver:
                 self.model_arch_proposition()
             trial, arch = self._current["trial"], self._current["arch"]
             snap = self._wait_for_turn(trial.number)
+            if time_is_up(self, state):
+                self._finish(TrialState.PRUNED, status=STATUS_NOT_NEEDED)
+                return None
             key = arch_key(arch)
             if key in snap.settled or key in snap.training:
                 original = snap.settled.get(key, snap.training.get(key))
