@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -345,3 +346,20 @@ def test_two_postgres_workers_promote_nothing_twice(postgres_url, tmp_path):  # 
     assert not [t for t in trials if t.state.name == "RUNNING"]
     summary = json.loads(open(os.path.join(out, "search_results.json")).read())["multi_fidelity"]
     assert math.isclose(sum(b for b, _ in done), summary["budget_spent"], abs_tol=1e-6)
+
+
+def test_scale_steps_scales_flash_and_regular_steps_together_and_keeps_at_least_one():
+    from autodistill_trainer.configs import parse_distillation
+    from autodistill_trainer.schedule import scale_steps
+
+    flash, regular = parse_distillation(
+        {"knowledge_transfer": {"block_names": [["a"], ["b"]], "layer_mappings_for_knowledge_transfer": [
+            [("a", "a")], [("b", "b")]], "train_steps": [3, 10]}},
+        {"layer_mappings_for_knowledge_transfer": [[("classifier", "classifier")]], "loss_types": [["KL"]],
+         "add_origin_loss": [True], "train_steps": [25000]})
+    f, r = scale_steps(flash, regular, 0.111)
+    assert f.train_steps == [1, 2] and r.train_steps == 2775  # ceil(0.333) = 1, ceil(1.11) = 2, ceil(2775.0)
+    assert flash.train_steps == [3, 10] and regular.train_steps == 25000  # the originals are unchanged
+    assert scale_steps(flash, None, 1.0) == (flash, None)
+    f, _ = scale_steps(dataclasses.replace(flash, train_steps=500), None, 0.333)
+    assert f.train_steps == 167
