@@ -154,8 +154,9 @@ def run(recipe: Recipe) -> int:
             baseline_metrics["latency"] = deployed["baseline_without_distillation"]["latency_by_runtime"][
                 deployment.latency_runtime]
         write_results_table(result.rows, output_dir)
+        full_rows = [r for r in result.rows if r.get("budget", 1.0) >= 1]  # multi-fidelity: lower rungs stay out
         plot_pareto_front(
-            result.rows, os.path.join(output_dir, "pareto_front.png"),
+            full_rows, os.path.join(output_dir, "pareto_front.png"),
             pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key, selected=best_row["number"],
             x_label=f"Latency (ms): {protocol.describe(deployment.latency_runtime)}",
             teacher={"latency": teacher_metrics["latency"], score_key: teacher_metrics.get(score_key),
@@ -164,7 +165,7 @@ def run(recipe: Recipe) -> int:
                                            baseline_metrics.get(score_key), "label": "best arch, no distillation"},
         )
         majority = majority_class_rate(tokenized["validation"]) if score_key == "accuracy" else None
-        counts = trial_counts(result.rows)
+        counts = trial_counts(full_rows)
         card = {
             "algorithm": config.search.search_algorithm, "n_trials": counts["trained"], "completed": counts["complete"],
             "objectives": dict(zip(config.search.metrics, config.search.directions)), "recipe": recipe.path,
