@@ -31,6 +31,7 @@ from .report import plot_pareto_front, write_model_card, write_results_table
 from .guards import teacher_in_dtype
 from .schedule import plan_stages
 from .search import AutoDistillationResult
+from .search.latency_model import ArchCostModel
 from .search.oob import OOBContext, run_autodistillation
 from .run_dir import (
     NonFiniteModelError, OutputDirError, OutputDirLock, atomic_write_json, check_output_dir, claim_output_dir,
@@ -128,8 +129,13 @@ def run(recipe: Recipe) -> int:
             logger.info("teacher.cache_outputs does not apply to the %s task.", task.name)
 
         # 5. Search: each trial builds, profiles, distils (flash then regular) and evaluates a student.
+        cost_model = None  # MobileBERT students: costs known before building, latency learnt (latency_model.json)
+        if recipe.model.student_class == "MobileBertForSequenceClassification":
+            cost_model = ArchCostModel.for_output_dir(base_config, output_dir, dataclasses.asdict(protocol),
+                                                      deployment.latency_runtime, protocol.batch_size,
+                                                      protocol.seq_length)
         result = _search(config, training, teacher, model_builder, profile, tokenized, collator, tokenizer,
-                         compute_metrics, preprocess_logits, teacher_cache)
+                         compute_metrics, preprocess_logits, teacher_cache, cost_model)
         if result.best_model_arch is None:
             if is_main:
                 print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)
@@ -276,14 +282,15 @@ def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_me
 
 def _search(config: AutoDistillationConfig, training: Any, teacher: Any, model_builder: Callable,
             profile: Callable, tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any,
-            preprocess_logits: Any, teacher_cache: Any) -> AutoDistillationResult:
+            preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None) -> AutoDistillationResult:
     """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation."""
     context = OOBContext(
         args=training, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
         data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits, teacher_cache=teacher_cache,
     )
-    _, result = run_autodistillation(context, teacher, config, model_builder=model_builder, profile_func=profile)
+    _, result = run_autodistillation(context, teacher, config, model_builder=model_builder, profile_func=profile,
+                                     cost_model=cost_model)
     return result
 
 

@@ -99,3 +99,39 @@ def test_predicted_budgets_reject_exact_costs_and_latency_beyond_the_model_error
     key, reason = predicted_budget_violation({"params": 100, "latency": 12.5}, cfg, 0.2)
     assert key == "latency" and "predicted latency 12.5 ms > budget 10 ms" in reason
     assert predicted_budget_violation({"params": 50, "latency": None}, cfg, None) is None
+
+
+def test_a_search_rejects_predicted_budget_breakers_unbuilt_and_learns_every_measured_latency(tmp_path):
+    from autodistill_trainer.builders import build_model
+    from autodistill_trainer.search import AutoDistillation
+    from autodistill_trainer.search.latency_model import ArchCostModel
+
+    base = tiny_mobilebert_config()
+    built = []
+
+    def builder(arch):
+        built.append(dict(arch))
+        return build_model(MobileBertForSequenceClassification, base, arch, attn_implementation="eager")
+
+    def profile(model):  # measured: the real counts, and a latency that grows with the FLOPs
+        flops = count_flops(model, batch_size=1, seq_length=8)
+        return {"params": count_parameters(model), "flops": flops, "latency": 0.5 + flops / 1e6}
+
+    space = {"hidden_size": [16, 64], "intermediate_size": [32, 48]}
+    big = mobilebert_costs(apply_architecture(base, {"hidden_size": 64, "intermediate_size": 32}), 1, 8)["params"]
+    small = mobilebert_costs(apply_architecture(base, {"hidden_size": 16, "intermediate_size": 48}), 1, 8)["params"]
+    assert small < big
+    cost_model = ArchCostModel(base, LatencyModel("k", str(tmp_path / "latency_model.json"), min_points=2), 1, 8)
+    config = {"search": {"search_space": space, "search_algorithm": "grid", "metrics": ["params"], "max_trials": 4,
+                         "max_params": small, "seed": 0}}
+    agent = AutoDistillation(builder, config, profile_func=profile, eval_func=lambda m: {}, output_dir=str(tmp_path),
+                             cost_model=cost_model)
+    agent.search_loop()
+    rows = {json.dumps(r["arch"], sort_keys=True): r for r in agent.search_result}
+    assert len(rows) == 4
+    rejected = [r for r in rows.values() if r["status"] == "over_budget"]
+    assert {r["arch"]["hidden_size"] for r in rejected} == {64}
+    assert all("(not built)" in r["failure_reason"] and r["latency"] is None for r in rejected)
+    assert all(a["hidden_size"] == 16 for a in built) and len(built) == 2  # budget breakers never built
+    assert len(cost_model.latency_model.points) == 2  # every built arch's measured latency was learnt
+    assert cost_model.predict({"hidden_size": 16, "intermediate_size": 32})["latency"] is not None

@@ -25,6 +25,7 @@ from .ledger import (
     STATUS_DUPLICATE, STATUS_INVALID, STATUS_NOT_NEEDED, STATUS_OVER_BUDGET, STATUS_TRAINED, LiveTrials, arch_key,
     trial_id,
 )
+from .latency_model import predicted_budget_violation
 from .multi_fidelity import next_multi_fidelity_candidate, time_is_up
 from .results import jsonable
 from .samplers import make_advisor
@@ -64,6 +65,7 @@ class StudyDriver:
         self._consecutive_duplicates = 0
         self._retryable: frozenset[int] = frozenset()
         self._stop_error: ConfigError | None = None
+        self.cost_model: Any = None  # an ArchCostModel: budgets checked on predicted costs before building
 
     # ---------------------------------------------------------------------------------------- study
 
@@ -261,7 +263,27 @@ class StudyDriver:
                 self._finish(TrialState.PRUNED, status=STATUS_NOT_NEEDED)
                 continue
             self._consecutive_duplicates = 0
+            if self.rejected_by_prediction(arch):
+                continue
             return {"number": trial.number, "arch": arch}
+
+    def rejected_by_prediction(self, arch: Mapping[str, Any]) -> bool:
+        """With a ``cost_model``: finish the current trial as over budget, unbuilt, when its predicted costs
+        surely break a budget (:func:`.latency_model.predicted_budget_violation`), and say so."""
+        if self.cost_model is None:
+            return False
+        predicted = self.cost_model.predict(arch)
+        violation = predicted and predicted_budget_violation(predicted, self.search_config,
+                                                             self.cost_model.max_relative_error)
+        if not violation:
+            return False
+        key, reason = violation
+        logger.info("trial %d: %s breaks the budget by prediction (%s), not built", self._current["trial"].number,
+                    arch, reason)
+        exact = {k: predicted[k] for k in ("params", "flops")}  # the latency of a row stays a measured one
+        self._finish(TrialState.PRUNED, status=STATUS_OVER_BUDGET, budget_reason=reason, budget_key=key,
+                     profile=exact, predicted_latency=predicted.get("latency"))
+        return True
 
     def _why_stuck(self, snap: ledger.Snapshot) -> str:
         """Why proposals ran out: every proposal broke a budget / was invalid, or the advisor repeats itself."""

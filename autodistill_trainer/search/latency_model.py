@@ -26,7 +26,7 @@ import numpy as np
 
 from ..fileio import atomic_write_json
 
-__all__ = ["FEATURES", "LATENCY_MODEL_FILENAME", "LatencyModel", "kendall_tau", "machine_key", "mape",
+__all__ = ["FEATURES", "LATENCY_MODEL_FILENAME", "ArchCostModel", "LatencyModel", "kendall_tau", "machine_key", "mape",
            "mobilebert_costs", "predicted_budget_violation"]
 
 LATENCY_MODEL_FILENAME = "latency_model.json"
@@ -228,3 +228,54 @@ def predicted_budget_violation(
             unit = " ms" if key == "latency" else ""
             return key, f"predicted {key} {value:g}{unit} > budget {budget:g}{unit} (not built)"
     return None
+
+
+class ArchCostModel:
+    """Costs of a search-space architecture before it is built: what :class:`AutoDistillation` asks
+    (``cost_model=``) to reject budget breakers unbuilt, and feeds with every measured profile.
+
+    Args:
+        base_config: the students' MobileBERT base config (the built-in builder's).
+        latency_model: the fitted latency table of this machine, protocol and runtime.
+        batch_size / seq_length: the latency protocol's batch (FLOPs are counted on it).
+    """
+
+    def __init__(self, base_config: Any, latency_model: LatencyModel, batch_size: int = 1, seq_length: int = 64):
+        self.base_config, self.latency_model = base_config, latency_model
+        self.batch_size, self.seq_length = batch_size, seq_length
+
+    @classmethod
+    def for_output_dir(cls, base_config: Any, output_dir: str, protocol: Mapping[str, Any], runtime: str,
+                       batch_size: int, seq_length: int) -> "ArchCostModel":
+        """The model cached in ``output_dir/latency_model.json`` under this machine's, protocol's and runtime's key."""
+        path = os.path.join(output_dir, LATENCY_MODEL_FILENAME)
+        return cls(base_config, LatencyModel(machine_key(protocol, runtime), path), batch_size, seq_length)
+
+    def features(self, arch: Mapping[str, Any]) -> dict[str, int] | None:
+        """:func:`mobilebert_costs` of ``arch`` (None when its config cannot be made: the builder will say why)."""
+        from ..builders import apply_architecture
+        from ..errors import ConfigError, InvalidArchitectureError
+
+        try:
+            config = apply_architecture(self.base_config, arch)
+        except (ConfigError, InvalidArchitectureError, ValueError):
+            return None
+        return mobilebert_costs(config, self.batch_size, self.seq_length)
+
+    def predict(self, arch: Mapping[str, Any]) -> dict[str, float | None] | None:
+        """``{"params", "flops" (exact), "latency" (predicted, None before enough measurements)}`` or None."""
+        features = self.features(arch)
+        if features is None:
+            return None
+        latency = self.latency_model.predict(features)
+        return {"params": features["params"], "flops": features["flops"], "latency": latency}
+
+    @property
+    def max_relative_error(self) -> float | None:
+        return self.latency_model.max_relative_error
+
+    def observe(self, arch: Mapping[str, Any], profile: Mapping[str, Any]) -> None:
+        """Add a measured latency (a profile of a built ``arch``) to the table and refit."""
+        features = self.features(arch)
+        if features is not None and isinstance(profile.get("latency"), (int, float)) and profile["latency"] > 0:
+            self.latency_model.add(arch, features, float(profile["latency"]))

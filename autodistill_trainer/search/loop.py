@@ -85,6 +85,8 @@ class AutoDistillation(StudyDriver):
         output_dir: where ``search_results.json`` (and the default SQLite study) are written (default ``.``).
         retry_failed: on each :meth:`search_loop` call, retry once the architectures whose training failed
             in an earlier run (a failure in the same call is final); default: ``search.retry_failed`` (true).
+        cost_model: an :class:`~autodistill_trainer.search.latency_model.ArchCostModel`: budgets are first checked
+            on predicted costs (architectures that surely break one are not built), and it learns every profile.
 
     Attributes: ``search_config``, ``search_space``, ``advisor`` (the Optuna sampler), ``study``,
     ``search_result`` (rows), ``pareto_front`` (rows), ``best_model_arch``. See :mod:`autodistill_trainer.search`
@@ -100,6 +102,7 @@ class AutoDistillation(StudyDriver):
         profile_func: Callable[[Any], Mapping[str, Any]] | None = None,
         output_dir: str | None = None,
         retry_failed: bool | None = None,
+        cost_model: Any = None,
     ) -> None:
         super().__init__(_search_config(config), output_dir or ".")
         self.config = config
@@ -108,6 +111,7 @@ class AutoDistillation(StudyDriver):
         self.eval_func = eval_func
         self.profile_func = profile_func
         self.retry_failed = self.search_config.retry_failed if retry_failed is None else retry_failed
+        self.cost_model = cost_model
         self.best_model_arch: dict[str, Any] | None = None
         self.pareto_front: list[dict[str, Any]] = []
         self._result: AutoDistillationResult | None = None
@@ -164,6 +168,8 @@ class AutoDistillation(StudyDriver):
             self._finish(TrialState.PRUNED, status=STATUS_INVALID, invalid_reason=invalid)
             self._collect_results()
             return {"action": "skip"}
+        if self.cost_model is not None and candidate.get("parent") is None:
+            self.cost_model.observe(arch, profile)  # the latency model learns every measured architecture
         violation = budget_violation(profile, self.search_config)
         if violation is not None:
             key, reason = violation

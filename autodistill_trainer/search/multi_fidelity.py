@@ -167,6 +167,8 @@ def next_multi_fidelity_candidate(driver: Any, state: dict[str, Any]) -> dict[st
             continue
         if attrs.get("proposed_by") is None:
             driver._consecutive_duplicates = 0
+        if attrs["rung"] == 0 and driver.rejected_by_prediction(arch):
+            continue
         return {"number": trial.number, "arch": arch, "rung": attrs["rung"], "budget": attrs["budget"],
                 "parent": attrs.get("parent")}
 

@@ -139,9 +139,11 @@ def run_autodistillation(
     train_func: Callable[[Any], Any] | None = None,
     eval_func: Callable[[Any], Any] | None = None,
     profile_func: Callable[[Any], Mapping[str, Any]] | None = None,
+    cost_model: Any = None,
 ) -> tuple[AutoDistillation, AutoDistillationResult]:
     """Search student architectures with the built-in functions where none is given; return the agent
     and its :class:`AutoDistillationResult` (``best_model_dir`` is the best trained student's directory).
+    ``cost_model``: see :class:`AutoDistillation`.
 
     Raises:
         ConfigError: before any training, when the built-in functions cannot work (no distillation phase,
@@ -215,7 +217,7 @@ def run_autodistillation(
     agent = AutoDistillation(
         recording_builder, config, train_func=train_func or train_func_builtin,
         eval_func=eval_func_builtin if eval_func is None else eval_with_model_dir, profile_func=profile_func,
-        output_dir=args.output_dir,
+        output_dir=args.output_dir, cost_model=cost_model,
     )
     agent.search_loop()
     return agent, agent.result()
