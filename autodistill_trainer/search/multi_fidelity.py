@@ -60,15 +60,19 @@ def _promotions(driver: Any, snap: Snapshot, left: float, left_below_top: float,
                             cfg.higher_is_better, fits)
 
 
+def _budget_left(driver: Any, snap: Snapshot, fractions: list[float]) -> tuple[float, float]:
+    """Full-trial equivalents left for a top-rung training, and for any other: until a top-rung training has
+    started, one full budget is kept for it."""
+    left = driver.search_config.max_trials - snap.spent - snap.in_flight
+    top = len(fractions) - 1
+    return left, (left if snap.rung_started.get(top) else left - fractions[top])
+
+
 def _plan(driver: Any, snap: Snapshot, fractions: list[float]) -> dict[str, Any] | None:
     """What to propose now: ``{"arch": fixed arch or None, "attrs": {...}, "budget": b}``, or None."""
     cfg = driver.search_config
-    left = cfg.max_trials - snap.spent - snap.in_flight
     top = len(fractions) - 1
-    if not snap.rung_started.get(top):  # keep one full-budget training affordable until one has started
-        left_below_top = left - fractions[top]
-    else:
-        left_below_top = left
+    left, left_below_top = _budget_left(driver, snap, fractions)
     for kind, pending in (("retry", snap.interrupted), ("retry_failed", snap.retry)):
         for key, arch in pending.items():
             meta = snap.meta.get(key, {"rung": 0, "budget": fractions[0], "parent": None})
@@ -95,7 +99,8 @@ def _still_valid(driver: Any, snap: Snapshot, arch: dict[str, Any], attrs: dict[
     key = rung_key(arch_key(arch), rung)
     if key in snap.settled or key in snap.training:
         return STATUS_DUPLICATE
-    if attrs["budget"] > cfg.max_trials - snap.spent - snap.in_flight + EPS:
+    left, left_below_top = _budget_left(driver, snap, fractions)
+    if attrs["budget"] > (left if rung == len(fractions) - 1 else left_below_top) + EPS:
         return STATUS_NOT_NEEDED
     if attrs.get("proposed_by") == "promotion":
         results = [(base, values) for base, _, values in snap.rung_results.get(rung - 1, [])]
