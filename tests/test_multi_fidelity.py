@@ -364,3 +364,25 @@ def test_scale_steps_scales_flash_and_regular_steps_together_and_keeps_at_least_
     assert scale_steps(flash, None, 1.0) == (flash, None)
     f, _ = scale_steps(dataclasses.replace(flash, train_steps=500), None, 0.333)
     assert f.train_steps == 167
+
+
+def test_cli_runs_a_multi_fidelity_search_and_keeps_the_latency_table(tmp_path):
+    out = tmp_path / "out"
+    root = os.path.dirname(HERE)
+    env = {**_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "run_autodistill.py"), os.path.join(root, "recipes", "smoke.yaml"),
+         "--output_dir", str(out), "--baseline.enabled", "false", "--auto_distillation.evaluation.export_onnx",
+         "false", "--auto_distillation.search.multi_fidelity", "{min_fraction: 0.5, reduction_factor: 2}"],
+        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "search_results.json").read_text())
+    trained = [r for r in data["trials"] if r["status"] == "trained"]
+    # 2 valid archs of the smoke space at half the steps, the better one at the full budget
+    assert sorted((r["rung"], r["budget"]) for r in trained) == [(0, 0.5), (0, 0.5), (1, 1.0)]
+    assert data["multi_fidelity"]["budget_spent"] == 2.0
+    assert [r["budget"] for r in data["pareto_front"]] == [1.0]
+    assert data["best_model_arch"] == next(r["arch"] for r in trained if r["budget"] == 1.0)
+    assert (out / "pareto_front.png").exists() and (out / "best_model" / "config.json").exists()
+    tables = json.loads((out / "latency_model.json").read_text())["tables"]
+    assert len(tables) == 1 and len(next(iter(tables.values()))) == 2  # one measured point per built arch
