@@ -33,6 +33,7 @@ from .report import plot_pareto_front, write_model_card, write_results_table
 from .guards import teacher_in_dtype
 from .schedule import plan_stages
 from .search import AutoDistillationResult
+from .search.latency_model import ArchCostModel
 from .search.oob import OOBContext, run_autodistillation
 from .run_dir import (
     NonFiniteModelError, OutputDirError, OutputDirLock, atomic_write_json, check_output_dir, claim_output_dir,
@@ -136,8 +137,13 @@ def run(recipe: Recipe) -> int:
         with training.main_process_first(desc="distillation data"):
             distill_train = distillation_train_data(raw, tokenized, data, tokenizer, teacher,
                                                     cache_dir=os.path.join(output_dir, "cache"))
+        cost_model = None  # MobileBERT students: costs known before building, latency learnt (latency_model.json)
+        if recipe.model.student_class == "MobileBertForSequenceClassification":
+            cost_model = ArchCostModel.for_output_dir(base_config, output_dir, dataclasses.asdict(protocol),
+                                                      deployment.latency_runtime, protocol.batch_size,
+                                                      protocol.seq_length)
         result = _search(config, training, teacher, model_builder, profile, {**tokenized, "train": distill_train},
-                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache)
+                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache, cost_model)
         if result.best_model_arch is None:
             if is_main:
                 print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)
@@ -162,8 +168,9 @@ def run(recipe: Recipe) -> int:
             baseline_metrics["latency"] = deployed["baseline_without_distillation"]["latency_by_runtime"][
                 deployment.latency_runtime]
         write_results_table(result.rows, output_dir)
+        full_rows = [r for r in result.rows if r.get("budget", 1.0) >= 1]  # multi-fidelity: lower rungs stay out
         plot_pareto_front(
-            result.rows, os.path.join(output_dir, "pareto_front.png"),
+            full_rows, os.path.join(output_dir, "pareto_front.png"),
             pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key, selected=best_row["number"],
             x_label=f"Latency (ms): {protocol.describe(deployment.latency_runtime)}",
             teacher={"latency": teacher_metrics["latency"], score_key: teacher_metrics.get(score_key),
@@ -172,7 +179,7 @@ def run(recipe: Recipe) -> int:
                                            baseline_metrics.get(score_key), "label": "best arch, no distillation"},
         )
         majority = majority_class_rate(tokenized["validation"]) if score_key == "accuracy" else None
-        counts = trial_counts(result.rows)
+        counts = trial_counts(full_rows)
         card = {
             "algorithm": config.search.search_algorithm, "n_trials": counts["trained"], "completed": counts["complete"],
             "objectives": dict(zip(config.search.metrics, config.search.directions)), "recipe": recipe.path,
@@ -288,14 +295,15 @@ def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_me
 
 def _search(config: AutoDistillationConfig, training: Any, teacher: Any, model_builder: Callable,
             profile: Callable, tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any,
-            preprocess_logits: Any, teacher_cache: Any) -> AutoDistillationResult:
+            preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None) -> AutoDistillationResult:
     """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation."""
     context = OOBContext(
         args=training, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
         data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits, teacher_cache=teacher_cache,
     )
-    _, result = run_autodistillation(context, teacher, config, model_builder=model_builder, profile_func=profile)
+    _, result = run_autodistillation(context, teacher, config, model_builder=model_builder, profile_func=profile,
+                                     cost_model=cost_model)
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import time
@@ -141,6 +142,26 @@ def plan_stages(
     return apply_kd_knobs(stages, kd_knobs)
 
 
+def scale_steps(
+    flash: FlashDistillationConfig | None, regular: RegularDistillationConfig | None, fraction: float
+) -> tuple[FlashDistillationConfig | None, RegularDistillationConfig | None]:
+    """The configs with every stage's ``train_steps`` (flash and regular together) scaled by ``fraction`` in (0, 1]:
+    ``ceil(steps * fraction)``, at least 1 (a multi-fidelity rung trains this share of the full schedule)."""
+    if fraction == 1:
+        return flash, regular
+
+    def scaled(steps: int) -> int:
+        return max(1, math.ceil(steps * fraction - 1e-9))
+
+    if flash is not None:
+        steps = flash.train_steps
+        flash = dataclasses.replace(flash, train_steps=[scaled(s) for s in steps] if isinstance(steps, list)
+                                    else scaled(steps))
+    if regular is not None:
+        regular = dataclasses.replace(regular, train_steps=scaled(regular.train_steps))
+    return flash, regular
+
+
 def run_distillation(
     student: nn.Module,
     teacher: nn.Module,
@@ -253,5 +274,6 @@ __all__ = [
     "plan_stages",
     "resolve_flash_config",
     "run_distillation",
+    "scale_steps",
     "set_trainable",
 ]

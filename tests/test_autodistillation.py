@@ -127,6 +127,36 @@ def test_callbacks_given_to_the_trainer_see_the_stages_of_every_trial(tmp_path, 
     assert counter.steps == 2 * (2 + 2 + 2)  # 2 steps per flash block, 2 regular steps, per trial
 
 
+def test_oob_multi_fidelity_trains_each_rung_for_its_share_of_the_steps(tmp_path, bert_teacher, mobilebert_student):
+    class StepCounter(TrainerCallback):
+        def __init__(self):
+            self.steps: list[int] = []
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    trainer = make_trainer(tmp_path, mobilebert_student, bert_teacher)
+    counter = StepCounter()
+    trainer.add_callback(counter)
+    config = oob_config(max_trials=2)
+    config["search"]["multi_fidelity"] = {"min_fraction": 0.5, "reduction_factor": 2}  # rungs 0.5 and 1
+    config["flash_distillation"]["knowledge_transfer"]["train_steps"] = 4
+    config["regular_distillation"]["train_steps"] = [3]
+    trainer.autodistillation_config = config
+    result = trainer.autodistillation(bert_teacher, model_cls=MobileBertForSequenceClassification,
+                                      profile_func=fake_profile)
+    # two valid archs at rung 0 (half the steps: 2 + 2 flash, ceil(1.5) = 2 regular), the better one promoted to 1
+    assert counter.steps == [2, 2, 2] * 2 + [4, 4, 3]
+    rows = [r for r in result.rows if r["status"] == "trained"]
+    assert sorted((r["rung"], r["budget"]) for r in rows) == [(0, 0.5), (0, 0.5), (1, 1.0)]
+    full = next(r for r in rows if r["budget"] == 1.0)
+    slug = "_".join(f"{k}-{full['arch'][k]}" for k in SPACE)
+    assert result.best_model_dir == full["model_dir"] == os.path.join(trainer.args.output_dir, "trials", slug, "model")
+    low = next(r for r in rows if r["budget"] == 0.5 and r["arch"] == full["arch"])
+    assert low["model_dir"] == os.path.join(trainer.args.output_dir, "trials", slug + "_budget-0.5", "model")
+    assert [r["number"] for r in result.pareto_front] == [full["number"]]
+
+
 def test_oob_search_runs_from_a_context_without_a_trainer(tmp_path, bert_teacher, mobilebert_student):
     args = TrainingArguments(
         output_dir=str(tmp_path / "ctx"),

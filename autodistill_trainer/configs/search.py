@@ -23,6 +23,84 @@ SearchValue = Union[None, bool, int, float, str]
 _CATEGORICAL_TYPES = (type(None), bool, int, float, str)
 
 
+#: A rung fraction within this relative distance of 1 is the top rung (0.111 * 3**2 = 0.999 is 1).
+FULL_BUDGET_TOLERANCE = 0.02
+
+
+def rung_fractions(min_fraction: float, reduction_factor: int) -> list[float]:
+    """The budget fraction of each rung, rung 0 first: ``min_fraction * reduction_factor**k`` while below 1
+    (by more than :data:`FULL_BUDGET_TOLERANCE`), then exactly 1.
+
+    >>> rung_fractions(0.111, 3)
+    [0.111, 0.333, 1.0]
+    """
+    if not 0 < min_fraction < 1 or reduction_factor < 2:
+        raise ValueError(f"need 0 < min_fraction < 1 and reduction_factor >= 2, got {min_fraction}, {reduction_factor}")
+    fractions: list[float] = []
+    k = 0
+    while min_fraction * reduction_factor ** k < 1 - FULL_BUDGET_TOLERANCE:
+        fractions.append(round(min_fraction * reduction_factor ** k, 6))
+        k += 1
+    return fractions + [1.0]
+
+
+def first_full_result_cost(min_fraction: float, reduction_factor: int) -> float:
+    """Full-trial equivalents spent before the first candidate can reach the top rung: ``reduction_factor**(K-k)``
+    results at each rung ``k`` below the top rung ``K``, then one top-rung training."""
+    fractions = rung_fractions(min_fraction, reduction_factor)
+    top = len(fractions) - 1
+    return round(sum(reduction_factor ** (top - k) * f for k, f in enumerate(fractions)), 6)
+
+
+@dataclasses.dataclass
+class MultiFidelityConfig:
+    """``search.multi_fidelity``: successive halving by dominance (asynchronous, ASHA style).
+
+    Args:
+        min_fraction: the fraction of the per-trial budget (flash and regular steps) of rung 0, in (0, 1).
+        reduction_factor: rung ``k`` trains ``min_fraction * reduction_factor**k`` of the budget (the top rung
+            exactly 1); the best ``1/reduction_factor`` of a rung go up (an integer >= 2).
+
+    Raises:
+        ConfigError: naming the field, when a value has the wrong type or is out of range.
+    """
+
+    min_fraction: float = field(
+        default=0.111, metadata={"help": "Fraction of the per-trial budget trained at rung 0, in (0, 1)."})
+    reduction_factor: int = field(
+        default=3, metadata={"help": "Rung k trains min_fraction * reduction_factor**k of the budget (top rung: 1); "
+                                     "the best 1/reduction_factor of a rung are promoted (integer >= 2)."})
+
+    def __post_init__(self) -> None:
+        checks.finite_number(self.min_fraction, "'search.multi_fidelity.min_fraction'", minimum=0,
+                             exclusive_minimum=True, maximum=1)
+        if self.min_fraction >= 1:
+            raise ConfigError("'search.multi_fidelity.min_fraction' must be below 1 (1 trains every candidate fully: "
+                              "remove search.multi_fidelity instead), got 1.")
+        checks.integer(self.reduction_factor, "'search.multi_fidelity.reduction_factor'", minimum=2,
+                       hint=" (e.g. 3)")
+
+    @property
+    def rung_fractions(self) -> list[float]:
+        """The budget fraction of each rung, from rung 0 up (the last one exactly 1)."""
+        return rung_fractions(self.min_fraction, self.reduction_factor)
+
+    @classmethod
+    def parse(cls, value: Any) -> "MultiFidelityConfig | None":
+        """``None``, an instance, or the recipe's mapping ``{min_fraction: ..., reduction_factor: ...}``."""
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError("'search.multi_fidelity' must be a mapping {min_fraction: 0.111, reduction_factor: 3} "
+                              f"or null, got {checks.shown(value)}.")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in value:
+            if key not in names:
+                raise ConfigError(f"Unknown key 'search.multi_fidelity.{key}'." + did_you_mean(str(key), names))
+        return cls(**dict(value))
+
+
+
 @dataclasses.dataclass
 class SearchConfig:
     """Validated ``search`` section of an AutoDistillation config.
@@ -43,6 +121,10 @@ class SearchConfig:
         grace_period: seconds before a silent RUNNING trial is failed (default ``max(60, 3 * heartbeat_interval)``).
         retry_failed: on each new search run, retry once the architectures whose training failed in earlier runs
             (a failure within the same run stays final).
+        multi_fidelity: successive halving by dominance (:class:`MultiFidelityConfig`); ``None``: every candidate
+            trains for the full budget. With it, ``max_trials`` counts full-trial equivalents (sum of fractions).
+        time_budget_s: wall seconds from the start of each ``search_loop`` call after which no new build or
+            training starts (the search ends with what it has and can be resumed).
 
     Raises:
         ConfigError: naming the field, when a value has the wrong type or is out of range.
@@ -70,6 +152,11 @@ class SearchConfig:
     retry_failed: bool = field(
         default=True, metadata={"help": "Retry once, on a rerun, the architectures whose training failed in earlier "
                                         "runs (false: failures are final)."})
+    multi_fidelity: MultiFidelityConfig | None = field(
+        default=None, metadata={"help": "Successive halving by dominance: {min_fraction: 0.111, reduction_factor: 3}; "
+                                        "max_trials then counts full-trial equivalents. null: full budget for all."})
+    time_budget_s: float | None = field(
+        default=None, metadata={"help": "Wall seconds per search run after which no new training starts (positive)."})
 
     def __post_init__(self) -> None:
         self.search_space = _check_search_space(self.search_space)
@@ -100,6 +187,17 @@ class SearchConfig:
         for key in ("max_latency_ms", "max_params", "max_flops"):
             checks.positive_number(getattr(self, key), f"'search.{key}'", optional=True)
         checks.boolean(self.retry_failed, "'search.retry_failed'")
+        self.multi_fidelity = MultiFidelityConfig.parse(self.multi_fidelity)
+        if self.multi_fidelity is not None:
+            mf = self.multi_fidelity
+            needed = first_full_result_cost(mf.min_fraction, mf.reduction_factor)
+            if self.max_trials < needed - 1e-6:
+                raise ConfigError(
+                    f"'search.max_trials' is {self.max_trials}, below the {needed:g} full-trial equivalents that "
+                    f"search.multi_fidelity (rungs {mf.rung_fractions}) spends before one candidate can reach the "
+                    f"full budget; raise max_trials to at least {math.ceil(needed - 1e-6)}, or min_fraction "
+                    "(fewer rungs).")
+        checks.positive_number(self.time_budget_s, "'search.time_budget_s'", optional=True)
         for key in ("heartbeat_interval", "grace_period"):
             checks.positive_int(getattr(self, key), f"'search.{key}'", optional=True,
                                 what="integer number of seconds")

@@ -10,7 +10,8 @@ Modules: :mod:`.loop` (`AutoDistillation`), :mod:`.driver` (study, proposals, tu
 workers), :mod:`.ledger` (trial statuses, snapshots), :mod:`.storage` (storage URL, SQLite tuning,
 heartbeats, dead workers), :mod:`.samplers` (advisor registry), :mod:`.evaluation` (profile, budgets,
 objective values), :mod:`.selection` (Pareto front, knee, best arch), :mod:`.results` (rows,
-``search_results.json``, `AutoDistillationResult`), :mod:`.oob` (the built-in out-of-the-box functions).
+``search_results.json``, `AutoDistillationResult`), :mod:`.oob` (the built-in out-of-the-box functions),
+:mod:`.fidelity` and :mod:`.multi_fidelity` (rungs and promotions).
 
 Trial bookkeeping (user attribute ``status`` / Optuna state / counts toward ``max_trials``):
 
@@ -52,12 +53,28 @@ Best architecture: with ``max_latency_ms``, the trained architecture within the 
 best first metric (ties: later metrics, then lower trial number); otherwise, with one metric, the best
 value; with several, the knee of the Pareto front (:func:`knee_point`).
 
+Multi-fidelity (``search.multi_fidelity: {min_fraction, reduction_factor}``, :mod:`.fidelity`,
+:mod:`.multi_fidelity`): each rung of a candidate is one trial with user attributes ``rung``, ``budget`` (the
+fraction of the per-trial budget trained) and ``parent`` (the trial it was promoted from). Promotion is
+asynchronous successive halving by dominance: a free worker promotes, highest rung first, a candidate within
+the top ``floor(n / reduction_factor)`` of the ``n`` results of its rung (non-dominated sorting, crowding
+distance, trial number) not promoted yet, else starts a new candidate at rung 0. Dedupe, settling and retries
+are per (architecture, rung); a promotion keeps its parent's profile (same architecture). ``max_trials`` counts
+full-trial equivalents (sum of the budgets of trained and failed trials), never exceeded; until a top-rung
+training has started, one full budget is kept for it. Only full-budget rows enter the Pareto front, the best
+architecture and ``n_trained``; every rung's rows are in ``search_result`` and ``search_results.json`` (which then
+also holds ``multi_fidelity``: settings, ``rung_fractions``, ``budget_spent``, ``trained_per_rung``).
+A ``train_func`` with a ``budget`` parameter is called ``train_func(model, budget=fraction)`` (1 without
+multi-fidelity); a multi-fidelity search whose ``train_func`` has none is refused when ``search_loop`` starts.
+``search.time_budget_s``: no new training starts once that many seconds have passed since ``search_loop``
+started; the search then ends with what it has (a rerun continues, with a fresh time budget).
+
 ``search_results.json`` (in ``output_dir``, rewritten atomically after every trial) holds
 ``{"study_name", "search_algorithm", "metrics", "higher_is_better", "max_trials", "n_trained" (trained +
 failed, as max_trials counts), "trials": [row, ...], "pareto_front": [row, ...], "best_model_arch",
-"best_model_dir", "failure_reasons"}``; ``trials`` (and ``search_result``) has one row per evaluated arch,
+"best_model_dir", "failure_reasons"}``; ``trials`` (and ``search_result``) has one row per evaluated arch (and rung),
 ordered by trial number: trained, failed, invalid and over-budget trials; duplicates, interrupted and
-not-needed trials are omitted (they stay in the study).
+not-needed trials are omitted (they stay in the study). Rows hold ``rung``, ``budget`` and ``parent``.
 """
 
 from ..configs import SEARCH_ALGORITHMS, SearchConfig, parse_search_config

@@ -25,6 +25,8 @@ from .ledger import (
     STATUS_DUPLICATE, STATUS_INVALID, STATUS_NOT_NEEDED, STATUS_OVER_BUDGET, STATUS_TRAINED, LiveTrials, arch_key,
     trial_id,
 )
+from .latency_model import predicted_budget_violation
+from .multi_fidelity import next_multi_fidelity_candidate, time_is_up
 from .results import jsonable
 from .samplers import make_advisor
 from .storage import DEFAULT_DB_FILENAME, Heartbeat, create_or_load_study, fail_dead_workers_trials, make_storage
@@ -63,6 +65,7 @@ class StudyDriver:
         self._consecutive_duplicates = 0
         self._retryable: frozenset[int] = frozenset()
         self._stop_error: ConfigError | None = None
+        self.cost_model: Any = None  # an ArchCostModel: budgets checked on predicted costs before building
 
     # ---------------------------------------------------------------------------------------- study
 
@@ -199,9 +202,13 @@ class StudyDriver:
     def _next_candidate(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """Propose until an arch worth building is found (returns it, its trial RUNNING) or the search ends."""
         cfg = self.search_config
+        if cfg.multi_fidelity is not None:
+            return next_multi_fidelity_candidate(self, state)
         while True:
             if self._stop_error is not None:
                 raise self._stop_error
+            if time_is_up(self, state):
+                return None
             self.fail_stale_trials()
             snap = self._snapshot()
             if snap.n_counted >= cfg.max_trials:
@@ -242,6 +249,9 @@ class StudyDriver:
                 self.model_arch_proposition()
             trial, arch = self._current["trial"], self._current["arch"]
             snap = self._wait_for_turn(trial.number)
+            if time_is_up(self, state):
+                self._finish(TrialState.PRUNED, status=STATUS_NOT_NEEDED)
+                return None
             key = arch_key(arch)
             if key in snap.settled or key in snap.training:
                 original = snap.settled.get(key, snap.training.get(key))
@@ -253,7 +263,27 @@ class StudyDriver:
                 self._finish(TrialState.PRUNED, status=STATUS_NOT_NEEDED)
                 continue
             self._consecutive_duplicates = 0
+            if self.rejected_by_prediction(arch):
+                continue
             return {"number": trial.number, "arch": arch}
+
+    def rejected_by_prediction(self, arch: Mapping[str, Any]) -> bool:
+        """With a ``cost_model``: finish the current trial as over budget, unbuilt, when its predicted costs
+        surely break a budget (:func:`.latency_model.predicted_budget_violation`), and say so."""
+        if self.cost_model is None:
+            return False
+        predicted = self.cost_model.predict(arch)
+        violation = predicted and predicted_budget_violation(predicted, self.search_config,
+                                                             self.cost_model.max_relative_error)
+        if not violation:
+            return False
+        key, reason = violation
+        logger.info("trial %d: %s breaks the budget by prediction (%s), not built", self._current["trial"].number,
+                    arch, reason)
+        exact = {k: predicted[k] for k in ("params", "flops")}  # the latency of a row stays a measured one
+        self._finish(TrialState.PRUNED, status=STATUS_OVER_BUDGET, budget_reason=reason, budget_key=key,
+                     profile=exact, predicted_latency=predicted.get("latency"))
+        return True
 
     def _why_stuck(self, snap: ledger.Snapshot) -> str:
         """Why proposals ran out: every proposal broke a budget / was invalid, or the advisor repeats itself."""

@@ -15,8 +15,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 __all__ = [
     "STATUS_DUPLICATE", "STATUS_FAILED", "STATUS_INTERRUPTED", "STATUS_INVALID", "STATUS_NOT_NEEDED",
-    "STATUS_OVER_BUDGET", "STATUS_TRAINED", "STATUS_TRAINING", "LiveTrials", "Snapshot", "arch_key", "snapshot",
-    "trial_arch", "trial_id", "trial_status",
+    "STATUS_OVER_BUDGET", "STATUS_TRAINED", "STATUS_TRAINING", "LiveTrials", "Snapshot", "arch_key", "rung_key",
+    "snapshot", "trial_arch", "trial_budget", "trial_id", "trial_rung", "trial_status",
 ]
 
 STATUS_TRAINED = "trained"
@@ -41,6 +41,23 @@ def trial_id(trial: Trial | FrozenTrial) -> int:
 def arch_key(arch: Mapping[str, Any]) -> str:
     """A canonical string of an architecture (sorted keys), to compare architectures."""
     return json.dumps({k: arch[k] for k in sorted(arch)}, sort_keys=True)
+
+
+def trial_rung(t: FrozenTrial) -> int:
+    """The multi-fidelity rung of a trial (user attribute ``rung``; 0 without one)."""
+    return int(t.user_attrs.get("rung") or 0)
+
+
+def trial_budget(t: FrozenTrial) -> float:
+    """The fraction of the per-trial budget a trial trains (user attribute ``budget``; 1 without one)."""
+    budget = t.user_attrs.get("budget")
+    return 1.0 if budget is None else float(budget)
+
+
+def rung_key(key: str, rung: int) -> str:
+    """The ledger key of an architecture at a rung: the arch key at rung 0, ``<arch key>@rung<k>`` above, so that
+    dedupe, settling and retries are per (architecture, rung)."""
+    return key if rung == 0 else f"{key}@rung{rung}"
 
 
 def trial_arch(t: FrozenTrial, search_space: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
@@ -72,6 +89,12 @@ class Snapshot:
     n_counted: int  # trained + failed distinct archs (failures to retry excluded)
     n_training: int
     statuses: dict[str, str]  # arch key -> status of the trial in ``settled``
+    spent: float = 0.0  # sum of the budgets (fractions) of the counted keys: full-trial equivalents
+    in_flight: float = 0.0  # sum of the budgets of the keys being trained and not counted yet
+    meta: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # key -> {rung, budget, parent}
+    archs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # arch key -> arch
+    rung_results: dict[int, list[tuple[str, int, list[float]]]] = dataclasses.field(default_factory=dict)
+    rung_started: dict[int, set[str]] = dataclasses.field(default_factory=dict)  # rung -> arch keys tried there
 
 
 def snapshot(
@@ -88,12 +111,29 @@ def snapshot(
     retry: dict[str, dict[str, Any]] = {}
     undecided: list[int] = []
     counted: set[str] = set()
+    budgets: dict[str, float] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    archs: dict[str, dict[str, Any]] = {}
+    rung_results: dict[int, list[tuple[str, int, list[float]]]] = {}
+    rung_started: dict[int, set[str]] = {}
     for t in sorted(trials, key=lambda t: t.number):
         if t.number == exclude_number:
             continue
         status = trial_status(t)
         arch = trial_arch(t, search_space)
-        key = arch_key(arch) if arch is not None else None
+        base = arch_key(arch) if arch is not None else None
+        rung = trial_rung(t)
+        key = rung_key(base, rung) if base is not None else None
+        if key is not None:
+            archs.setdefault(base, arch)
+            budgets.setdefault(key, trial_budget(t))
+            if "rung" in t.user_attrs:
+                meta.setdefault(key, {"rung": rung, "budget": trial_budget(t), "parent": t.user_attrs.get("parent")})
+            if status in (STATUS_TRAINED, STATUS_FAILED, STATUS_TRAINING, STATUS_INTERRUPTED):
+                rung_started.setdefault(rung, set()).add(base)
+            if status == STATUS_TRAINED and t.values is not None and base not in {
+                    b for b, _, _ in rung_results.get(rung, ())}:
+                rung_results.setdefault(rung, []).append((base, t.number, list(t.values)))
         if t.state == TrialState.RUNNING:
             if status == STATUS_TRAINING and key is not None:
                 training.setdefault(key, t.number)
@@ -118,7 +158,10 @@ def snapshot(
     interrupted = {k: a for k, a in interrupted.items() if k not in busy}
     retry = {k: a for k, a in retry.items() if k not in busy and k not in interrupted}
     n_training = sum(1 for k in training if k not in counted)
-    return Snapshot(settled, training, interrupted, retry, undecided, len(counted), n_training, statuses)
+    spent = sum(budgets[k] for k in counted)
+    in_flight = sum(budgets[k] for k in training if k not in counted)
+    return Snapshot(settled, training, interrupted, retry, undecided, len(counted), n_training, statuses,
+                    spent, in_flight, meta, archs, rung_results, rung_started)
 
 
 class LiveTrials:

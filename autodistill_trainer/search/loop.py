@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import math
 import time
 from typing import Any, Callable, Mapping
 
@@ -14,7 +14,6 @@ from transformers import set_seed
 
 from ..configs import AutoDistillationConfig, SearchConfig, parse_search_config
 from ..errors import ConfigError, InvalidArchitectureError
-from ..fileio import atomic_write_json
 from . import selection
 from .driver import StudyDriver, rank_world
 from .evaluation import (
@@ -25,6 +24,7 @@ from .evaluation import (
     measure_profile,
     objective_values,
 )
+from .multi_fidelity import accepts_budget, check_train_func, fidelity_summary, time_is_up
 from .ledger import (
     STATUS_FAILED,
     STATUS_INTERRUPTED,
@@ -35,7 +35,7 @@ from .ledger import (
     STATUS_TRAINING,
     trial_status,
 )
-from .results import RESULTS_FILENAME, AutoDistillationResult, failure_reasons, jsonable, rows_of
+from .results import AutoDistillationResult, failure_reasons, jsonable, rows_of, write_results_file
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class AutoDistillation(StudyDriver):
         output_dir: where ``search_results.json`` (and the default SQLite study) are written (default ``.``).
         retry_failed: on each :meth:`search_loop` call, retry once the architectures whose training failed
             in an earlier run (a failure in the same call is final); default: ``search.retry_failed`` (true).
+        cost_model: an :class:`~autodistill_trainer.search.latency_model.ArchCostModel`: budgets are first checked
+            on predicted costs (architectures that surely break one are not built), and it learns every profile.
 
     Attributes: ``search_config``, ``search_space``, ``advisor`` (the Optuna sampler), ``study``,
     ``search_result`` (rows), ``pareto_front`` (rows), ``best_model_arch``. See :mod:`autodistill_trainer.search`
@@ -100,6 +102,7 @@ class AutoDistillation(StudyDriver):
         profile_func: Callable[[Any], Mapping[str, Any]] | None = None,
         output_dir: str | None = None,
         retry_failed: bool | None = None,
+        cost_model: Any = None,
     ) -> None:
         super().__init__(_search_config(config), output_dir or ".")
         self.config = config
@@ -108,19 +111,22 @@ class AutoDistillation(StudyDriver):
         self.eval_func = eval_func
         self.profile_func = profile_func
         self.retry_failed = self.search_config.retry_failed if retry_failed is None else retry_failed
+        self.cost_model = cost_model
         self.best_model_arch: dict[str, Any] | None = None
         self.pareto_front: list[dict[str, Any]] = []
         self._result: AutoDistillationResult | None = None
         self._profile_warned = False
+        self._loop_state: dict[str, Any] = {}
 
     # --------------------------------------------------------------------------------- evaluating
 
-    def train_evaluate(self, model: Any) -> dict[str, Any]:
+    def train_evaluate(self, model: Any, budget: float = 1.0) -> dict[str, Any]:
         """Train ``model`` with ``train_func`` (its return value, or ``model`` when it returns None) and
-        return ``eval_func``'s metrics (a bare number is taken as the single metric)."""
+        return ``eval_func``'s metrics (a bare number is taken as the single metric). A ``train_func`` with a
+        ``budget`` parameter is called ``train_func(model, budget=budget)`` (the fraction of the full training)."""
         trained = model
         if self.train_func is not None:
-            out = self.train_func(model)
+            out = self.train_func(model, budget=budget) if accepts_budget(self.train_func) else self.train_func(model)
             trained = model if out is None else out
         if self.eval_func is None:
             return {}
@@ -144,10 +150,15 @@ class AutoDistillation(StudyDriver):
             )
         return profile
 
-    def _after_build(self, model: Any, invalid: str | None, arch: dict[str, Any], number: int) -> dict[str, Any]:
-        """Rank 0: record an invalid build, profile the model, apply budgets. Returns the decision."""
+    def _after_build(self, model: Any, invalid: str | None, candidate: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0: record an invalid build, profile the model (a promotion keeps its parent's profile: same
+        architecture), apply budgets. Returns the decision."""
+        arch, number = candidate["arch"], candidate["number"]
         profile: dict[str, Any] = {}
-        if invalid is None:
+        if invalid is None and candidate.get("parent") is not None:
+            parent = self.study.get_trials(deepcopy=False)[candidate["parent"]]
+            profile = dict(parent.user_attrs.get("profile") or {})
+        elif invalid is None:
             try:
                 profile = jsonable(self._profile(model, number))
             except InvalidArchitectureError as exc:
@@ -157,6 +168,8 @@ class AutoDistillation(StudyDriver):
             self._finish(TrialState.PRUNED, status=STATUS_INVALID, invalid_reason=invalid)
             self._collect_results()
             return {"action": "skip"}
+        if self.cost_model is not None and candidate.get("parent") is None:
+            self.cost_model.observe(arch, profile)  # the latency model learns every measured architecture
         violation = budget_violation(profile, self.search_config)
         if violation is not None:
             key, reason = violation
@@ -164,6 +177,9 @@ class AutoDistillation(StudyDriver):
             self._finish(TrialState.PRUNED, status=STATUS_OVER_BUDGET, budget_reason=reason, budget_key=key,
                          profile=profile)
             self._collect_results()
+            return {"action": "skip"}
+        if time_is_up(self, self._loop_state):  # built and profiled, but training would start after the budget
+            self._finish(TrialState.PRUNED, status=STATUS_NOT_NEEDED, profile=profile)
             return {"action": "skip"}
         trial = self._current["trial"]
         trial.set_user_attr("profile", profile)
@@ -196,10 +212,10 @@ class AutoDistillation(StudyDriver):
             self._finish(TrialState.COMPLETE, values, status=STATUS_TRAINED, metrics=metrics, **attrs)
         else:
             self._finish(TrialState.FAIL, status=STATUS_FAILED, failure_reason=failure, metrics=metrics, **attrs)
-        n = self._snapshot().n_counted
         shown = {m: metrics.get(m) for m in self.search_config.metrics} if failure is None else failure
-        logger.info("trial %d/%d (#%d) %s -> %s in %.1fs", n, self.search_config.max_trials, candidate["number"],
-                    candidate["arch"], shown, duration)
+        rung = f" rung {candidate['rung']} (budget {candidate['budget']:g})" if "rung" in candidate else ""
+        logger.info("trial %g/%d (#%d) %s%s -> %s in %.1fs", self._progress(), self.search_config.max_trials,
+                    candidate["number"], candidate["arch"], rung, shown, duration)
         self._collect_results()
 
     # -------------------------------------------------------------------------------- main loop
@@ -225,7 +241,11 @@ class AutoDistillation(StudyDriver):
         is_main = rank == 0
         bar = None
         self._stop_error = None
-        state = {"proposals": 0, "max_proposals": 20 * cfg.max_trials + 100}
+        state = {"proposals": 0, "max_proposals": 20 * cfg.max_trials + 100, "t_start": time.monotonic()}
+        self._loop_state = state
+        if cfg.multi_fidelity is not None:
+            check_train_func(self, self.train_func)
+            state["max_proposals"] = 20 * math.ceil(cfg.max_trials / cfg.multi_fidelity.min_fraction) + 100
         if is_main:
             if self._current is not None:  # a proposal made by a direct model_arch_proposition() call
                 logger.info("discarding the pending proposal %s (trial %d) before searching",
@@ -233,7 +253,7 @@ class AutoDistillation(StudyDriver):
                 self._finish(TrialState.PRUNED, status=STATUS_NOT_NEEDED)
             self.fail_stale_trials()
             self._start_retries()
-            bar = tqdm(total=cfg.max_trials, initial=min(self._snapshot().n_counted, cfg.max_trials),
+            bar = tqdm(total=cfg.max_trials, initial=min(self._progress(), cfg.max_trials),
                        desc="autodistill search", unit="trial")
         try:
             while True:
@@ -262,7 +282,7 @@ class AutoDistillation(StudyDriver):
                 decision: dict[str, Any] = {"action": "skip"}
                 if is_main:
                     try:
-                        decision = self._after_build(model, invalid, arch, candidate["number"])
+                        decision = self._after_build(model, invalid, candidate)
                     except BaseException as exc:  # tell the other ranks, then raise it
                         error, decision = exc, {"action": "error", "error": f"{type(exc).__name__}: {exc}"}
                 decision = _bcast(decision, world)
@@ -276,7 +296,7 @@ class AutoDistillation(StudyDriver):
                 failure = None
                 metrics: dict[str, Any] = {}
                 try:
-                    metrics = self.train_evaluate(model)
+                    metrics = self.train_evaluate(model, candidate.get("budget", 1.0))
                 except Exception as exc:  # user code, out of memory included: recorded as the trial's failure
                     failure = f"{type(exc).__name__}: {exc}"
                     if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
@@ -289,7 +309,7 @@ class AutoDistillation(StudyDriver):
                 if is_main:
                     failure = next((f"rank {r}: {f}" if world > 1 else f for r, f in enumerate(failures) if f), None)
                     self._record_trained(candidate, decision["profile"], metrics, failure, time.monotonic() - t0)
-                    bar.n = min(self._snapshot().n_counted, cfg.max_trials)
+                    bar.n = min(self._progress(), cfg.max_trials)
                     bar.refresh()
         finally:
             if is_main:
@@ -303,6 +323,11 @@ class AutoDistillation(StudyDriver):
         if is_main:
             self._log_outcome()
         return self.best_model_arch
+
+    def _progress(self) -> float:
+        """Trials counted toward ``max_trials`` (full-trial equivalents with multi-fidelity)."""
+        snap = self._snapshot()
+        return round(snap.spent, 3) if self.search_config.multi_fidelity is not None else snap.n_counted
 
     def _start_retries(self) -> None:
         """Rank 0, at the start of a search: mark the failures of earlier runs to be retried once."""
@@ -345,9 +370,10 @@ class AutoDistillation(StudyDriver):
         study = self.study
         trials = study.get_trials(deepcopy=False)
         rows = rows_of(trials, self.search_space, cfg.metrics)
-        n_trained = sum(r["status"] == STATUS_TRAINED for r in rows)
-        front_numbers = selection.front_numbers(study) if n_trained else set()
-        front, best = selection.select(rows, cfg.metrics, cfg.higher_is_better, cfg.max_latency_ms, front=front_numbers)
+        full = [r for r in rows if r["budget"] >= 1]  # lower rungs never reach the front, the best arch, reports
+        n_trained = sum(r["status"] == STATUS_TRAINED for r in full)
+        front_numbers = selection.front_numbers(study) if n_trained and cfg.multi_fidelity is None else None
+        front, best = selection.select(full, cfg.metrics, cfg.higher_is_better, cfg.max_latency_ms, front=front_numbers)
         result = AutoDistillationResult(
             best_model_arch=dict(best["arch"]) if best else None,
             best_model_dir=best.get("model_dir") if best else None,
@@ -358,19 +384,6 @@ class AutoDistillation(StudyDriver):
             failure_reasons=failure_reasons(rows),
         )
         self.search_result, self.pareto_front, self.best_model_arch = rows, front, result.best_model_arch
-        data = {
-            "study_name": self.study_name,
-            "search_algorithm": cfg.search_algorithm,
-            "metrics": cfg.metrics,
-            "higher_is_better": cfg.higher_is_better,
-            "max_trials": cfg.max_trials,
-            "n_trained": sum(1 for r in rows if r["status"] in (STATUS_TRAINED, STATUS_FAILED)),
-            "trials": rows,
-            "pareto_front": front,
-            "best_model_arch": result.best_model_arch,
-            "best_model_dir": result.best_model_dir,
-            "failure_reasons": result.failure_reasons,
-        }
-        os.makedirs(self.output_dir, exist_ok=True)
-        atomic_write_json(os.path.join(self.output_dir, RESULTS_FILENAME), jsonable(data))
+        extra = {"multi_fidelity": fidelity_summary(cfg, self._snapshot())} if cfg.multi_fidelity is not None else {}
+        write_results_file(self.output_dir, self.study_name, cfg, result, extra)
         return result

@@ -7,6 +7,10 @@
 * train: flash then regular distillation (:func:`~autodistill_trainer.schedule.run_distillation`) with the
   context's arguments and data, each trial under ``output_dir/trials/<arch slug>``; process 0 saves the
   student (plain Transformers model) and the processing class in ``output_dir/trials/<arch slug>/model``;
+  with ``search.multi_fidelity``, a rung trains ``ceil(steps * budget)`` steps of every stage (flash and regular
+  together, :func:`~autodistill_trainer.schedule.scale_steps`) under ``trials/<arch slug>_budget-<fraction>``;
+  a promoted candidate is retrained from scratch at the higher budget (no continuation from lower-rung weights:
+  the stages' learning-rate schedules span their own steps), and compute is counted as the sum of the fractions;
 * eval: a plain :class:`transformers.Trainer` ``evaluate()`` on ``eval_dataset`` with ``compute_metrics``
   (``eval_`` prefix and run bookkeeping removed), plus ``model_dir`` (the saved student), which the search
   records in the trial's row. Latency, parameters and FLOPs come from the profile measured after building.
@@ -30,7 +34,7 @@ from ..builders import build_model
 from ..configs import AutoDistillationConfig
 from ..configs.kd_knobs import check_knobs_apply, split_knobs
 from ..errors import ConfigError
-from ..schedule import run_distillation
+from ..schedule import run_distillation, scale_steps
 from .evaluation import PROFILE_KEYS
 from .loop import AutoDistillation
 from .results import AutoDistillationResult
@@ -38,13 +42,19 @@ from .tracking import SearchTracker, stage_losses
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OOBContext", "arch_slug", "run_autodistillation"]
+__all__ = ["OOBContext", "arch_slug", "rung_slug", "run_autodistillation"]
 
 #: Keys of ``Trainer.evaluate()`` that describe the evaluation run rather than the model.
 EVALUATION_BOOKKEEPING = {"runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time"}
 
 #: Metrics ``Trainer.evaluate()`` reports without a ``compute_metrics`` (when the dataset has labels).
 METRICS_WITHOUT_COMPUTE_METRICS = {"loss"}
+
+
+def rung_slug(slug: str, budget: float) -> str:
+    """The trial directory name of a multi-fidelity rung: ``<arch slug>`` at the full budget, else
+    ``<arch slug>_budget-0.111`` (each rung keeps its own student)."""
+    return slug if budget >= 1 else f"{slug}_budget-{budget:g}"
 
 
 def arch_slug(arch: Mapping[str, Any]) -> str:
@@ -140,9 +150,11 @@ def run_autodistillation(
     train_func: Callable[[Any], Any] | None = None,
     eval_func: Callable[[Any], Any] | None = None,
     profile_func: Callable[[Any], Mapping[str, Any]] | None = None,
+    cost_model: Any = None,
 ) -> tuple[AutoDistillation, AutoDistillationResult]:
     """Search student architectures with the built-in functions where none is given; return the agent
     and its :class:`AutoDistillationResult` (``best_model_dir`` is the best trained student's directory).
+    ``cost_model``: see :class:`AutoDistillation`.
 
     Raises:
         ConfigError: before any training, when the built-in functions cannot work (no distillation phase,
@@ -156,8 +168,8 @@ def run_autodistillation(
     losses_by_arch: dict[str, dict[str, float]] = {}  # stage losses of each trial, for the trackers
     tracker = SearchTracker(args)
 
-    def trial_dir() -> str:
-        return os.path.join(args.output_dir, "trials", arch_slug(current["arch"]))
+    def trial_dir(budget: float = 1.0) -> str:
+        return os.path.join(args.output_dir, "trials", rung_slug(arch_slug(current["arch"]), budget))
 
     if model_builder is None:
         cls = model_cls or context.student_cls
@@ -176,11 +188,12 @@ def run_autodistillation(
         current.pop("model_dir", None)
         return user_builder(split_knobs(arch)[0])  # KD knobs go to the stages (train_func), not the builder
 
-    def train_func_builtin(model: nn.Module) -> nn.Module:
-        directory = trial_dir()
+    def train_func_builtin(model: nn.Module, budget: float = 1.0) -> nn.Module:
+        directory = trial_dir(budget)
+        flash, regular = scale_steps(config.flash_distillation, config.regular_distillation, budget)
         stages = run_distillation(
             model, teacher_model, dataclasses.replace(args, output_dir=directory), context.train_dataset,
-            flash_distillation=config.flash_distillation, regular_distillation=config.regular_distillation,
+            flash_distillation=flash, regular_distillation=regular,
             data_collator=context.data_collator, processing_class=context.processing_class,
             callbacks=context.callbacks, teacher_cache=context.teacher_cache, kd_knobs=split_knobs(current["arch"])[1],
             log_label=_trial_label(agent),
@@ -221,7 +234,7 @@ def run_autodistillation(
     agent = AutoDistillation(
         recording_builder, config, train_func=train_func or train_func_builtin,
         eval_func=eval_func_builtin if eval_func is None else eval_with_model_dir, profile_func=profile_func,
-        output_dir=args.output_dir,
+        output_dir=args.output_dir, cost_model=cost_model,
     )
     if tracker.active:  # a resumed study's earlier trials were reported by their own run
         tracker.reported.update(t.number for t in agent.study.get_trials(deepcopy=False) if t.state.is_finished())

@@ -5,9 +5,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
+
+from ..fileio import atomic_write_json
 
 from .ledger import (
     STATUS_FAILED,
@@ -15,11 +18,15 @@ from .ledger import (
     STATUS_OVER_BUDGET,
     STATUS_TRAINED,
     arch_key,
+    rung_key,
     trial_arch,
+    trial_budget,
+    trial_rung,
     trial_status,
 )
 
-__all__ = ["AutoDistillationResult", "RESULTS_FILENAME", "failure_reasons", "jsonable", "rows_of"]
+__all__ = ["AutoDistillationResult", "RESULTS_FILENAME", "failure_reasons", "jsonable", "rows_of",
+           "write_results_file"]
 
 RESULTS_FILENAME = "search_results.json"
 
@@ -91,15 +98,20 @@ def _row(t: FrozenTrial, status: str, arch: dict[str, Any], metric_names: Sequen
         "budget_key": t.user_attrs.get("budget_key"),
         "model_dir": t.user_attrs.get("model_dir"),
         "worker": f"{t.user_attrs.get('hostname')}:{t.user_attrs.get('pid')}",
+        "rung": trial_rung(t),
+        "budget": trial_budget(t),
+        "parent": t.user_attrs.get("parent"),
     }
 
 
 def rows_of(
     trials: Sequence[FrozenTrial], search_space: Mapping[str, Sequence[Any]], metric_names: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """One row per evaluated architecture, by trial number (trained, failed, invalid, over budget).
+    """One row per evaluated architecture and rung, by trial number (trained, failed, invalid, over budget).
 
-    An architecture settled by several trials (a failed one retried by a later run, or a race between
+    Rows carry ``rung`` (0 without multi-fidelity), ``budget`` (the fraction of the per-trial budget trained,
+    1 without multi-fidelity) and ``parent`` (the trial a promotion came from). An (architecture, rung) settled
+    by several trials (a failed one retried by a later run, or a race between
     resumed workers) is shown once: its trained trial if any, else its latest one.
     """
     chosen: dict[str, dict[str, Any]] = {}
@@ -110,7 +122,7 @@ def rows_of(
         arch = trial_arch(t, search_space)
         if arch is None:
             continue
-        key = arch_key(arch)
+        key = rung_key(arch_key(arch), trial_rung(t))
         previous = chosen.get(key)
         if previous is not None and previous["status"] == STATUS_TRAINED:
             continue
@@ -129,3 +141,28 @@ def failure_reasons(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
         else:
             counts[f"{row['status']}: {row.get('failure_reason')}"] += 1
     return dict(counts.most_common())
+
+
+def write_results_file(output_dir: str, study_name: str, cfg: Any, result: AutoDistillationResult,
+                       extra: Mapping[str, Any]) -> str:
+    """Write ``search_results.json`` atomically in ``output_dir`` (see :mod:`autodistill_trainer.search`); return
+    its path. ``cfg`` is the :class:`~autodistill_trainer.configs.SearchConfig`; ``extra`` entries are added."""
+    rows = result.rows
+    data = {
+        "study_name": study_name,
+        "search_algorithm": cfg.search_algorithm,
+        "metrics": cfg.metrics,
+        "higher_is_better": cfg.higher_is_better,
+        "max_trials": cfg.max_trials,
+        "n_trained": sum(1 for r in rows if r["status"] in (STATUS_TRAINED, STATUS_FAILED)),
+        "trials": rows,
+        "pareto_front": result.pareto_front,
+        "best_model_arch": result.best_model_arch,
+        "best_model_dir": result.best_model_dir,
+        "failure_reasons": result.failure_reasons,
+        **extra,
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, RESULTS_FILENAME)
+    atomic_write_json(path, jsonable(data))
+    return path
