@@ -34,7 +34,9 @@ from _common import peak_rss_mib, setup_threads
 ARCH = {"hidden_size": 192, "intra_bottleneck_size": 32, "num_attention_heads": 4, "intermediate_size": 256,
         "num_feedforward_networks": 2}
 
-#: variant name -> (uses flash stages, uses logit KD, regular-stage overrides)
+#: variant name -> (uses flash stages, uses logit KD, regular-stage overrides); a ``+unl`` suffix adds
+#: ``--unlabeled FILE`` (data.unlabeled_file), ``+aug`` adds ``data.augmentation`` (``--augment-copies``), to the
+#: distillation's train set (KD terms only; the labels-only variant has no use for them).
 VARIANTS: dict[str, tuple[bool, bool, dict[str, Any]]] = {
     "labels": (False, False, {}),
     "kd": (False, True, {}),
@@ -61,7 +63,8 @@ def _done(path: str) -> set[tuple]:
 class Task:
     """The recipe's data, teacher, teacher cache and student builder, loaded once (as the CLI's steps 2-4)."""
 
-    def __init__(self, recipe_path: str, work_dir: str, overrides: list[str]):
+    def __init__(self, recipe_path: str, work_dir: str, overrides: list[str], unlabeled: str | None = None,
+                 augment_copies: int = 4):
         import torch  # noqa: F401  (after setup_threads)
         import transformers
 
@@ -107,6 +110,30 @@ class Task:
         self.build: Callable[[dict[str, Any], int], Any] = build
         self.cache = TeacherOutputCache(self.teacher, os.path.join(work_dir, "cache"), self.collator,
                                         batch_size=self.training.per_device_eval_batch_size)
+        self.raw, self.unlabeled, self.augment_copies = raw, unlabeled, augment_copies
+        self._train_sets: dict[str, Any] = {}
+
+    def train_set(self, extras: frozenset[str]) -> Any:
+        """The distillation's train set: labelled train rows plus unlabelled (``unl``) / augmented (``aug``) rows."""
+        from datasets import DatasetDict
+
+        from autodistill_trainer.configs.augmentation import AugmentationArguments
+        from autodistill_trainer.data import tokenize_dataset
+        from autodistill_trainer.data.unlabeled import distillation_train_data, load_unlabeled_texts
+
+        key = "+".join(sorted(extras))
+        if key not in self._train_sets:
+            raw, tokenized = {"train": self.raw["train"]}, {"train": self.tokenized["train"]}
+            if "unl" in extras:
+                raw["unlabeled"] = load_unlabeled_texts(self.unlabeled)
+                tokenized["unlabeled"] = tokenize_dataset(DatasetDict({"unlabeled": raw["unlabeled"]}), self.tokenizer,
+                                                          self.recipe.data.max_length,
+                                                          cache_dir=os.path.join(self.work_dir, "cache"))["unlabeled"]
+            augmentation = AugmentationArguments(copies=self.augment_copies) if "aug" in extras else None
+            data = dataclasses.replace(self.recipe.data, augmentation=augmentation)
+            self._train_sets[key] = distillation_train_data(raw, tokenized, data, self.tokenizer, self.teacher,
+                                                            os.path.join(self.work_dir, "cache"))
+        return self._train_sets[key]
 
     def evaluate(self, model: Any) -> dict[str, float]:
         from transformers import Trainer
@@ -128,7 +155,8 @@ class Task:
 
         from autodistill_trainer.schedule import plan_stages, run_distillation
 
-        uses_flash, uses_kd, regular_overrides = VARIANTS[variant]
+        base, *extras = variant.split("+")
+        uses_flash, uses_kd, regular_overrides = VARIANTS[base]
         config = self.recipe.autodistillation
         total = self.total_steps(arch)
         set_seed(seed)
@@ -147,7 +175,7 @@ class Task:
                                           learning_rate=None, **regular_overrides)
             if flash is not None:
                 flash = dataclasses.replace(flash, learning_rate=None)
-            run_distillation(student, self.teacher, args, self.tokenized["train"], flash, regular,
+            run_distillation(student, self.teacher, args, self.train_set(frozenset(extras)), flash, regular,
                              data_collator=self.collator, processing_class=self.tokenizer, teacher_cache=self.cache)
         wall = time.time() - start
         metrics = self.evaluate(student)
@@ -170,7 +198,8 @@ def report(path: str) -> None:
               f"{statistics.median(walls[task]):.0f} s")
         print("| variant | lr | accuracy % (mean ± sd) | n | best lr |")
         print("|---|---|---|---|---|")
-        variants = sorted({v for t, v, _ in runs if t == task}, key=list(VARIANTS).index)
+        order = list(VARIANTS)
+        variants = sorted({v for t, v, _ in runs if t == task}, key=lambda v: (order.index(v.split("+")[0]), v))
         for variant in variants:
             cells = {lr: accs for (t, v, lr), accs in runs.items() if t == task and v == variant}
             best = max(cells, key=lambda lr: statistics.mean(cells[lr]))
@@ -191,6 +220,8 @@ def main() -> int:
     parser.add_argument("--work-dir", help="teacher, tokenized data and teacher cache (default outputs/quality/NAME)")
     parser.add_argument("--out", default="bench/results/quality.jsonl")
     parser.add_argument("--report", metavar="JSONL", help="print the table of a results file and exit")
+    parser.add_argument("--unlabeled", help="unlabelled text file for '+unl' variants")
+    parser.add_argument("--augment-copies", type=int, default=4, help="augmented copies per text ('+aug' variants)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     args = parser.parse_args()
@@ -203,7 +234,7 @@ def main() -> int:
     work_dir = args.work_dir or os.path.join("outputs", "quality", recipe_name)
     os.makedirs(work_dir, exist_ok=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    task = Task(args.recipe, work_dir, overrides)
+    task = Task(args.recipe, work_dir, overrides, args.unlabeled, args.augment_copies)
     arch = json.loads(args.arch)
     done = _done(args.out)
     print(f"{task.name}: teacher {task.teacher_metrics.get('accuracy'):.4f}, {task.total_steps(arch)} steps per run",
