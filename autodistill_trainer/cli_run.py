@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .cli_summary import format_summary, majority_class_rate, no_trained_message, pick_metrics, trial_counts
 from .data import tokenize_dataset
 from .data.unlabeled import distillation_train_data, load_unlabeled_texts
+from .console import label_stage_output
 from .deploy.front import export_front
 from .deploy.runtimes import DeploymentPlan, fingerprint_with_runtime, plan_deployment, runtime_profile_func
 from .deploy.summary import LatencyProtocol, add_speedups, measure_deployment
@@ -128,6 +129,7 @@ def run(recipe: Recipe) -> int:
             teacher_cache = TeacherOutputCache(
                 teacher, os.path.join(output_dir, "cache"), collator, max_bytes=teacher_args.cache_max_gb * 1e9,
                 batch_size=training.per_device_eval_batch_size, main_process_first=training.main_process_first,
+                disable_tqdm=bool(training.disable_tqdm),
             )
         elif teacher_args.cache_outputs:
             logger.info("teacher.cache_outputs does not apply to the %s task.", task.name)
@@ -324,6 +326,7 @@ def _train_baseline(recipe: Recipe, config: AutoDistillationConfig, training: An
     baseline = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
                        data_collator=collator, compute_metrics=compute_metrics,
                        preprocess_logits_for_metrics=preprocess_logits)
+    label_stage_output(baseline, "baseline (labels only)")  # a labelled bar, no end-of-training dict
     baseline.train()
     metrics = {k.removeprefix("eval_"): v for k, v in baseline.evaluate().items()}
     metrics["train_steps"] = steps

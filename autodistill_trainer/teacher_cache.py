@@ -102,6 +102,7 @@ class TeacherOutputCache:
         batch_size: batch size of the teacher pass.
         main_process_first: optional context manager factory (``TrainingArguments.main_process_first``)
             so that under several processes only the first computes and the others read the file.
+        disable_tqdm: no progress bar for the teacher pass (``TrainingArguments.disable_tqdm``).
     """
 
     def __init__(
@@ -112,8 +113,10 @@ class TeacherOutputCache:
         max_bytes: float = 2 * 1024**3,
         batch_size: int = 64,
         main_process_first: Callable[..., Any] | None = None,
+        disable_tqdm: bool = False,
     ):
         self.teacher = teacher
+        self.disable_tqdm = disable_tqdm
         self.cache_dir = cache_dir
         self.data_collator = data_collator
         self.max_bytes = float(max_bytes)
@@ -253,7 +256,7 @@ class TeacherOutputCache:
         lengths = [len(ids) for ids in dataset["input_ids"]] if "input_ids" in dataset.column_names else None
         window = self.batch_size * 32
         try:
-            progress = tqdm(total=len(dataset), desc="teacher outputs", unit="ex")
+            progress = tqdm(total=len(dataset), desc="teacher outputs", unit="ex", disable=self.disable_tqdm)
             for start in range(0, len(dataset), window):
                 indices = list(range(start, min(start + window, len(dataset))))
                 if lengths is not None:

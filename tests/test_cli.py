@@ -110,7 +110,11 @@ def test_overrides_reach_nested_and_unambiguous_keys():
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
-def test_every_shipped_recipe_validates(name):
+def test_every_shipped_recipe_validates(name, tmp_path, monkeypatch):
+    from helpers import build_fake_wordnet_task
+
+    build_fake_wordnet_task(tmp_path)  # the second task's data step, from a stand-in sdist (its own tests)
+    monkeypatch.chdir(tmp_path)  # recipes name their local data relative to the working directory
     recipe = load_recipe(str(ROOT / "recipes" / name))
     assert recipe.autodistillation.search.search_space
     text = (ROOT / "recipes" / name).read_text()

@@ -82,7 +82,8 @@ def test_the_search_measures_latency_in_the_chosen_runtime(deploy_run):
 
 def test_the_cli_console_has_no_library_bars_or_repeated_warnings(deploy_run):
     _, run, _ = deploy_run  # the smoke recipe sets disable_tqdm: true
-    for bar in ("Tokenizing train:", "Loading weights:", "Writing model shards:"):
+    for bar in ("Tokenizing train:", "Loading weights:", "Writing model shards:", "autodistill search:",
+                "teacher outputs:", "baseline (labels only):"):
         assert bar not in run.stderr
     assert "pin_memory" not in run.stderr  # CPU only: torch's warning is filtered
     assert run.stderr.count("switched it to eager attention") <= 1

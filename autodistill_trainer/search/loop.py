@@ -103,6 +103,7 @@ class AutoDistillation(StudyDriver):
         output_dir: str | None = None,
         retry_failed: bool | None = None,
         cost_model: Any = None,
+        disable_tqdm: bool = False,
     ) -> None:
         super().__init__(_search_config(config), output_dir or ".")
         self.config = config
@@ -112,6 +113,7 @@ class AutoDistillation(StudyDriver):
         self.profile_func = profile_func
         self.retry_failed = self.search_config.retry_failed if retry_failed is None else retry_failed
         self.cost_model = cost_model
+        self.disable_tqdm = disable_tqdm
         self.best_model_arch: dict[str, Any] | None = None
         self.pareto_front: list[dict[str, Any]] = []
         self._result: AutoDistillationResult | None = None
@@ -254,7 +256,7 @@ class AutoDistillation(StudyDriver):
             self.fail_stale_trials()
             self._start_retries()
             bar = tqdm(total=cfg.max_trials, initial=min(self._progress(), cfg.max_trials),
-                       desc="autodistill search", unit="trial")
+                       desc="autodistill search", unit="trial", disable=self.disable_tqdm)
         try:
             while True:
                 candidate: dict[str, Any] | None = None

@@ -234,7 +234,7 @@ def run_autodistillation(
     agent = AutoDistillation(
         recording_builder, config, train_func=train_func or train_func_builtin,
         eval_func=eval_func_builtin if eval_func is None else eval_with_model_dir, profile_func=profile_func,
-        output_dir=args.output_dir, cost_model=cost_model,
+        output_dir=args.output_dir, cost_model=cost_model, disable_tqdm=bool(args.disable_tqdm),
     )
     if tracker.active:  # a resumed study's earlier trials were reported by their own run
         tracker.reported.update(t.number for t in agent.study.get_trials(deepcopy=False) if t.state.is_finished())
