@@ -12,8 +12,9 @@ Usage (one task per process; run two tasks side by side on two cores)::
         --lrs 5e-4,1e-3,2e-3 --seeds 1 --out bench/results/quality.jsonl
     python bench/quality.py --report bench/results/quality.jsonl
 
-``--report`` prints, per task and variant, the accuracy at each learning rate (mean ± sample standard deviation
-over seeds, n) and marks each variant's best learning rate (highest mean). Figures in bench/README.md.
+``--report`` prints, per task, every (variant, learning rate) cell by seed, then each variant at its tuned learning
+rate (the best on seed 1, the grid's seed) as mean ± sample standard deviation over the seeds run at that rate, with
+the difference to labels-only. Figures in bench/README.md.
 """
 
 from __future__ import annotations
@@ -185,29 +186,46 @@ class Task:
 
 
 def report(path: str) -> None:
-    runs: dict[tuple, list[float]] = defaultdict(list)
+    """Per task: every (variant, lr) cell, then each variant at its tuned learning rate (the best on seed 1, the
+    grid's seed) with mean ± sample sd over the seeds run there, and the difference to labels-only."""
+    runs: dict[tuple, dict[int, float]] = defaultdict(dict)
     walls: dict[str, list[float]] = defaultdict(list)
     teachers: dict[str, float] = {}
     with open(path) as f:
         for r in map(json.loads, f):
-            runs[(r["task"], r["variant"], r["lr"])].append(100 * r["accuracy"])
+            runs[(r["task"], r["variant"], r["lr"])][r["seed"]] = 100 * r["accuracy"]
             walls[r["task"]].append(r["train_wall_s"])
             teachers[r["task"]] = 100 * r["teacher_accuracy"]
+    order = list(VARIANTS)
     for task in sorted(teachers):
         print(f"\n## {task}: teacher {teachers[task]:.2f}%, median train time per run "
               f"{statistics.median(walls[task]):.0f} s")
-        print("| variant | lr | accuracy % (mean ± sd) | n | best lr |")
-        print("|---|---|---|---|---|")
-        order = list(VARIANTS)
+        print("| variant | lr | accuracy % by seed | mean ± sd |")
+        print("|---|---|---|---|")
         variants = sorted({v for t, v, _ in runs if t == task}, key=lambda v: (order.index(v.split("+")[0]), v))
+        tuned = {}
         for variant in variants:
             cells = {lr: accs for (t, v, lr), accs in runs.items() if t == task and v == variant}
-            best = max(cells, key=lambda lr: statistics.mean(cells[lr]))
+            seeded = [lr for lr in cells if 1 in cells[lr]]
+            tuned[variant] = max(seeded, key=lambda lr: cells[lr][1]) if seeded else max(cells)
             for lr in sorted(cells):
-                accs = cells[lr]
-                sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-                print(f"| {variant} | {lr:g} | {statistics.mean(accs):.2f} ± {sd:.2f} | {len(accs)} | "
-                      f"{'best' if lr == best else ''} |")
+                accs = list(cells[lr].values())
+                by_seed = ", ".join(f"{cells[lr][k]:.2f}" for k in sorted(cells[lr]))
+                print(f"| {variant} | {lr:g} | {by_seed} | {_mean_sd(accs)} |")
+        print("\n| variant | tuned lr (best on seed 1) | accuracy % mean ± sd (n) | vs labels (points) | of teacher |")
+        print("|---|---|---|---|---|")
+        base = statistics.mean(runs[(task, "labels", tuned["labels"])].values()) if "labels" in tuned else None
+        for variant in variants:
+            accs = list(runs[(task, variant, tuned[variant])].values())
+            mean = statistics.mean(accs)
+            delta = f"{mean - base:+.2f}" if base is not None else ""
+            print(f"| {variant} | {tuned[variant]:g} | {_mean_sd(accs)} ({len(accs)}) | {delta} | "
+                  f"{100 * mean / teachers[task]:.1f}% |")
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "n/a"
+    return f"{statistics.mean(values):.2f} ± {sd}"
 
 
 def main() -> int:
