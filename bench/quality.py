@@ -32,6 +32,9 @@ from typing import Any, Callable
 
 from _common import peak_rss_mib, setup_threads
 
+#: Flash stages of the ``flash`` variants when the recipe has none (the demo recipe's before the ablation): one
+#: stage per block, auto mappings (attention KL + layer-output MSE), 60 steps each.
+FLASH_DEFAULT = {"block_names": "auto", "layer_mappings_for_knowledge_transfer": "auto", "train_steps": 60}
 ARCH = {"hidden_size": 192, "intra_bottleneck_size": 32, "num_attention_heads": 4, "intermediate_size": 256,
         "num_feedforward_networks": 2}
 
@@ -154,6 +157,7 @@ class Task:
     def run(self, variant: str, arch: dict[str, Any], lr: float, seed: int) -> dict[str, Any]:
         from transformers import Trainer, set_seed
 
+        from autodistill_trainer.configs import parse_distillation
         from autodistill_trainer.schedule import plan_stages, run_distillation
 
         base, *extras = variant.split("+")
@@ -170,7 +174,7 @@ class Task:
             Trainer(model=student, args=args, train_dataset=self.tokenized["train"],
                     data_collator=self.collator).train()
         else:
-            flash = config.flash_distillation if uses_flash else None
+            flash = (config.flash_distillation or parse_distillation(FLASH_DEFAULT, None)[0]) if uses_flash else None
             flash_steps = sum(s.steps for s in plan_stages(flash, None, student, self.teacher)) if flash else 0
             regular = dataclasses.replace(config.regular_distillation, train_steps=total - flash_steps,
                                           learning_rate=None, **regular_overrides)
