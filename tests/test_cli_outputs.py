@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -212,13 +213,21 @@ def test_failed_data_load_keeps_the_previous_resolved_recipe(tmp_path, capsys):
 
 def test_ctrl_c_exits_130_with_one_line_saying_how_to_resume(tmp_path):
     out = tmp_path / "run"
+    # A shell starts the command with the default SIGINT disposition, whatever this test process inherited.
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_autodistill.py"), str(SMOKE), "--output_dir", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    err_lines: list[str] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)  # the pipe never fills
+    reader.start()
     deadline = time.monotonic() + 240
     while not (out / LOCK_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted:\n" + "".join(err_lines)[-2000:]
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=240)
+    proc.wait(timeout=240)
+    reader.join(timeout=30)
+    err = "".join(err_lines)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.rstrip().splitlines()[-1] == (f"interrupted: {out} keeps the finished trials, the teacher and the "
