@@ -234,3 +234,12 @@ def summary_line(s: Step) -> str:
         f"{s.name:<44} cpu median {median(s.cpu):8.1f} ms (IQR {q[0]:.1f}-{q[-1]:.1f})   "
         f"wall median {median(s.wall):8.1f} ms   page faults/step {median(s.faults):8.0f}"
     )
+
+
+def add_protocol_args(parser: Any) -> None:
+    """The latency protocol's command-line options (threads, batch, sequence length, warm-up, repeats)."""
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--seq-length", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=30)

@@ -27,6 +27,7 @@ from transformers import BertConfig, BertForSequenceClassification, MobileBertFo
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from autodistill_trainer.builders import build_model, default_mobilebert_base_config  # noqa: E402
 from autodistill_trainer.profiling import count_flops, count_parameters, measure_latency  # noqa: E402
+from _common import add_protocol_args  # noqa: E402  (bench/ is this script's directory)
 
 CV_TARGET = 0.03
 
@@ -67,11 +68,7 @@ def models():
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--seq-length", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=30)
+    add_protocol_args(parser)
     args = parser.parse_args()
 
     print(

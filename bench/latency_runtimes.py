@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine_line, peak_rss_mib, setup_threads  # noqa: E402
+from _common import add_protocol_args, machine_line, peak_rss_mib, setup_threads  # noqa: E402
 
 setup_threads()
 
@@ -59,11 +59,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--archs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--seq-length", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=30)
+    add_protocol_args(parser)
     args = parser.parse_args()
 
     space, base_overrides = demo_space_and_base()

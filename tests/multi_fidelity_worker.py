@@ -23,6 +23,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from autodistill_trainer.search import AutoDistillation  # noqa: E402
+from search_worker import _append  # noqa: E402  (tests/ is this script's directory)
 
 SPACE = {"a": [1, 2, 3, 4, 5], "b": [1, 2, 3, 4]}
 
@@ -43,15 +44,6 @@ def toy_accuracy(arch: dict, budget: float) -> float:
 def toy_profile(model: Toy) -> dict:
     return {"params": 10 * model.arch["a"] + model.arch["b"], "flops": 100 * model.arch["a"],
             "latency": 1.0 + model.arch["a"] + 0.5 * model.arch["b"]}
-
-
-def _append(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_config(args: argparse.Namespace) -> dict:

@@ -14,20 +14,10 @@ import math
 from typing import Hashable, Mapping, Sequence
 
 from ..configs.search import FULL_BUDGET_TOLERANCE, first_full_result_cost, rung_fractions
+from .selection import dominates as is_dominating
 
 __all__ = ["FULL_BUDGET_TOLERANCE", "choose_promotion", "first_full_result_cost", "nondominated_rank_with_crowding",
            "promotable", "rung_fractions"]
-
-
-def _dominates(a: Sequence[float], b: Sequence[float], higher_is_better: Sequence[bool]) -> bool:
-    better = False
-    for x, y, hib in zip(a, b, higher_is_better):
-        if not hib:
-            x, y = -x, -y
-        if x < y:
-            return False
-        better = better or x > y
-    return better
 
 
 def _fronts(points: Sequence[Sequence[float]], higher_is_better: Sequence[bool]) -> list[list[int]]:
@@ -37,7 +27,7 @@ def _fronts(points: Sequence[Sequence[float]], higher_is_better: Sequence[bool])
     dominates: list[list[int]] = [[] for _ in range(n)]
     for i in range(n):
         for j in range(n):
-            if i != j and _dominates(points[i], points[j], higher_is_better):
+            if i != j and is_dominating(points[i], points[j], higher_is_better):
                 dominates[i].append(j)
                 dominated_by[j] += 1
     fronts: list[list[int]] = []

@@ -15,10 +15,11 @@ import optuna
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["pareto_front", "knee_point", "front_numbers", "select"]
+__all__ = ["dominates", "pareto_front", "knee_point", "front_numbers", "select"]
 
 
-def _dominates(a: Sequence[float], b: Sequence[float], higher_is_better: Sequence[bool]) -> bool:
+def dominates(a: Sequence[float], b: Sequence[float], higher_is_better: Sequence[bool]) -> bool:
+    """Whether point ``a`` Pareto-dominates ``b``: at least as good everywhere, better somewhere."""
     better_somewhere = False
     for x, y, hib in zip(a, b, higher_is_better):
         if not hib:
@@ -37,7 +38,7 @@ def pareto_front(points: Sequence[Sequence[float]], higher_is_better: Sequence[b
     """
     return [
         i for i, p in enumerate(points)
-        if not any(_dominates(q, p, higher_is_better) for j, q in enumerate(points) if j != i)
+        if not any(dominates(q, p, higher_is_better) for j, q in enumerate(points) if j != i)
     ]
 
 
