@@ -50,6 +50,24 @@ def has_labelled_rows(batch: Mapping[str, Any]) -> bool:
     return isinstance(labels, torch.Tensor) and bool(labels.ne(-100).any())
 
 
+def may_hold_unlabelled_rows(dataset: Any) -> bool:
+    """Whether a training set can yield a micro-batch without labelled rows: its flat ``labels``/``label`` column
+    holds -100 (``data.unlabeled_file``, augmented copies). Read once from the Arrow column, so that training on a
+    fully labelled set checks no batch (the per-batch check syncs an accelerator). True when it cannot be told
+    (not a ``datasets.Dataset``, nested labels such as masked-LM ones)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = getattr(dataset, "column_names", None)
+    name = next((n for n in ("labels", "label") if names and n in names), None)
+    if name is None:
+        return names is None  # a labelled column is what tells; a dataset without one has no label loss at all
+    column = dataset.data.column(name)
+    if not pa.types.is_integer(column.type):
+        return True
+    return bool(pc.any(pc.equal(column, -100)).as_py())
+
+
 def window_scales(local: Mapping[str, int], window: Mapping[str, int] | None, steps: int) -> dict[str, float]:
     """Factor per unit turning this micro-batch's means into its share of the window's mean (1.0 without one)."""
     if not window or steps <= 1:

@@ -19,7 +19,8 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, de
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
 
-from .accumulation import UNIT_SCALES, batch_counts, has_labelled_rows, origin_loss_parts, output_loss, window_scales
+from .accumulation import (UNIT_SCALES, batch_counts, has_labelled_rows, may_hold_unlabelled_rows, origin_loss_parts,
+                           output_loss, window_scales)
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
 from .guards import check_finite_parameters, requires_grad_restored, teacher_in_dtype
@@ -38,10 +39,8 @@ DEFAULT_CRITERION = {"layer_mappings": [("", "logits", "", "logits")], "loss_typ
 #: ``add_origin_loss`` of a criterion dict that does not say (the same as :data:`DEFAULT_CRITERION`).
 DEFAULT_ADD_ORIGIN_LOSS = True
 
-_CRITERION_KEYS = {
-    "layer_mappings", "layer_mappings_for_knowledge_transfer", "loss_types", "loss_weights", "temperature",
-    "add_origin_loss", "probe_inputs", "matcher_seed",
-}
+_CRITERION_KEYS = {"layer_mappings", "layer_mappings_for_knowledge_transfer", "loss_types", "loss_weights",
+                   "temperature", "add_origin_loss", "probe_inputs", "matcher_seed"}
 
 
 def build_criterion(
@@ -89,8 +88,7 @@ class StageTrainer(Trainer):
 
     Args:
         model: the student.
-        teacher_model: the teacher; prepared once for evaluation (device placement, accelerate's evaluation
-            mode, never wrapped in DDP).
+        teacher_model: the teacher; prepared once for evaluation (device, accelerate's evaluation mode, no DDP).
         criterion: an :class:`IntermediateLayersKnowledgeDistillationLoss` built on this student and teacher,
             or a dict for :func:`build_criterion`; default :data:`DEFAULT_CRITERION`.
         teacher_dtype: optional dtype for the teacher (``torch.float16``, ``"bfloat16"``...); converts it in place.
@@ -144,6 +142,7 @@ class StageTrainer(Trainer):
         self._kd_term_counts: dict[str, int] = {}
         self._kd_term_count = 0
         self._window_counts: dict[str, int] | None = None
+        self._unlabelled_rows = may_hold_unlabelled_rows(self.train_dataset)
         self._window_batches = 1
 
     # ------------------------------------------------------------------ callbacks, collator
@@ -346,7 +345,8 @@ class StageTrainer(Trainer):
         terms = dict(self.criterion.last_loss_terms)
         # Unlabelled rows (label -100: unlabeled_file, augmented copies) feed the KD terms only; a micro-batch
         # without any labelled row has no label loss (the model's mean over zero rows would be NaN).
-        parts = origin_loss_parts(outputs, inputs) if has_labelled_rows(inputs) else []
+        labelled = not self._unlabelled_rows or has_labelled_rows(inputs)  # checked only where -100 rows exist
+        parts = origin_loss_parts(outputs, inputs) if labelled else []
         uncounted: tuple[str, ...] = ()
         if self.criterion.add_origin_loss and parts:
             for part, unit in parts:

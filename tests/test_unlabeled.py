@@ -204,3 +204,16 @@ def test_the_cli_distils_on_unlabelled_and_augmented_rows_and_evaluates_on_valid
     assert labelled == 64 and 40 < unlabelled <= 40 + 64 + 40
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert 0.0 <= summary["best_student"]["accuracy"] <= 1.0
+
+
+def test_only_a_training_set_with_unlabelled_rows_is_checked_batch_by_batch():
+    from datasets import Dataset
+
+    from autodistill_trainer.accumulation import may_hold_unlabelled_rows
+
+    assert not may_hold_unlabelled_rows(Dataset.from_dict({"labels": [0, 1, 1]}))
+    assert may_hold_unlabelled_rows(Dataset.from_dict({"labels": [0, -100, 1]}))
+    assert may_hold_unlabelled_rows(Dataset.from_dict({"label": [-100, -100]}))
+    assert may_hold_unlabelled_rows(Dataset.from_dict({"labels": [[0, -100], [1, 2]]}))  # nested: cannot tell
+    assert may_hold_unlabelled_rows([{"labels": 0}])  # not a datasets.Dataset: cannot tell
+    assert not may_hold_unlabelled_rows(Dataset.from_dict({"text": ["a"]}))  # no label column, no label loss
