@@ -86,9 +86,9 @@ def run(recipe: Recipe) -> int:
         preprocess_logits = build_preprocess_logits_for_metrics(evaluation.metrics)  # MLM: argmax ids, not logits
         protocol = LatencyProtocol(
             evaluation.latency_batch_size, evaluation.latency_seq_length or data.max_length,
-            evaluation.latency_num_threads, evaluation.latency_warmup, evaluation.latency_repeats)
-        profile = runtime_profile_func(deployment.latency_runtime, protocol.batch_size, protocol.seq_length,
-                                       protocol.num_threads, protocol.warmup, protocol.repeats)
+            evaluation.latency_num_threads, evaluation.latency_warmup, evaluation.latency_repeats,
+            evaluation.latency_estimator, evaluation.latency_rounds)
+        profile = runtime_profile_func(deployment.latency_runtime, **protocol.timing())
 
         def deploy(model: torch.nn.Module, metrics: dict[str, Any], onnx_dir: Optional[str] = None) -> dict[str, Any]:
             """The model's deployment entry (score, latency, size per runtime) on the validation set."""

@@ -7,17 +7,14 @@ trials; it is never derived from evaluation throughput.
 
 from __future__ import annotations
 
-import gc
 import inspect
 import logging
-import math
-import statistics
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from .timing import LatencyResult, latency_result, resolve_timer, time_samples
 
 logger = logging.getLogger(__name__)
 
@@ -42,35 +39,6 @@ class ProfilingUnsupportedError(ValueError):
 
 #: Seed of the generator that draws dummy token ids (fixed so every call sees the same batch).
 DUMMY_INPUT_SEED = 0
-
-
-@dataclass
-class LatencyResult:
-    """Result of one :func:`measure_latency` call. Times are per forward pass, in milliseconds.
-
-    ``median_ms`` is the headline number. ``cv`` is ``std_ms / mean_ms`` over the ``repeats`` timed
-    samples of this call. ``samples_ms`` holds each sample (already divided by ``inner_loops``, the
-    number of forward passes each sample timed). ``timer`` is ``"wall"`` (``time.perf_counter``) or
-    ``"thread_cpu"`` (``time.thread_time``), see :func:`measure_latency`.
-    """
-
-    median_ms: float
-    mean_ms: float
-    std_ms: float
-    cv: float
-    min_ms: float
-    repeats: int
-    batch_size: int
-    seq_length: int
-    num_threads: int
-    device: str
-    inner_loops: int = 1
-    timer: str = "wall"
-    samples_ms: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict of all fields (JSON-serializable)."""
-        return asdict(self)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -166,6 +134,8 @@ def measure_latency(
     min_sample_ms: float = 20.0,
     max_inner_loops: int = 1000,
     timer: str = "auto",
+    estimator: str = "min",
+    rounds: int = 3,
 ) -> LatencyResult:
     """Measure the forward latency of ``model`` with a fixed protocol.
 
@@ -179,9 +149,12 @@ def measure_latency(
     4. ``warmup`` untimed forward passes.
     5. Calibration: the number of forward passes per sample (``inner_loops``) is doubled until one sample
        lasts at least ``min_sample_ms`` (capped at ``max_inner_loops``), which lowers timer and scheduler noise.
-    6. ``repeats`` timed samples; on CUDA ``torch.cuda.synchronize`` runs before starting and before stopping
-       the clock. The garbage collector is paused while timing.
-    7. Per-forward time of each sample = sample time / ``inner_loops``; the median is the headline number.
+    6. ``repeats`` timed samples in ``rounds`` rounds 0.5 s apart (:func:`~autodistill_trainer.timing.time_samples`);
+       on CUDA ``torch.cuda.synchronize`` runs before starting and before stopping the clock. The garbage
+       collector is paused while timing.
+    7. Per-forward time of each sample = sample time / ``inner_loops``; the headline ``latency_ms`` is the
+       ``estimator`` of the samples: ``min`` (default: the fastest sample, robust to other processes, see
+       :mod:`autodistill_trainer.timing`) or ``median``; the median is recorded either way.
 
     ``timer``: ``"wall"`` uses ``time.perf_counter``. ``"thread_cpu"`` uses ``time.thread_time``, the CPU time
     of the calling thread: with one intra-op thread on CPU all of the forward runs in that thread, so on a
@@ -225,18 +198,19 @@ def measure_latency(
         with torch.inference_mode():
             samples, inner_loops = time_samples(
                 lambda: _call(model, batch), warmup=warmup, repeats=repeats, min_sample_ms=min_sample_ms,
-                max_inner_loops=max_inner_loops, timer=timer, sync=sync,
+                max_inner_loops=max_inner_loops, timer=timer, sync=sync, rounds=rounds,
             )
     finally:
         torch.set_num_threads(previous_threads)
         model.train(was_training)
 
-    result = latency_result(samples, inner_loops, batch_size=batch_size, seq_length=seq_length,
+    result = latency_result(samples, inner_loops, estimator, rounds, batch_size=batch_size, seq_length=seq_length,
                             num_threads=used_threads, device=str(dev), timer=timer)
     logger.debug(
-        "latency %s: median %.3f ms (cv %.3f, %d x %d loops, %d threads, %s timer)",
+        "latency %s: %s %.3f ms (cv %.3f, %d x %d loops, %d threads, %s timer)",
         type(model).__name__,
-        result.median_ms,
+        estimator,
+        result.latency_ms,
         result.cv,
         repeats,
         inner_loops,
@@ -244,82 +218,6 @@ def measure_latency(
         timer,
     )
     return result
-
-
-def resolve_timer(timer: str, single_cpu_thread: bool) -> str:
-    """The timer :func:`measure_latency` uses: ``"auto"`` is ``"thread_cpu"`` for one CPU thread, else ``"wall"``.
-
-    Raises ValueError for an unknown timer, or ``"thread_cpu"`` when the work does not run in one CPU thread.
-    """
-    if timer not in ("auto", "wall", "thread_cpu"):
-        raise ValueError(f"timer must be 'auto', 'wall' or 'thread_cpu', got {timer!r}.")
-    if timer == "auto":
-        return "thread_cpu" if single_cpu_thread else "wall"
-    if timer == "thread_cpu" and not single_cpu_thread:
-        raise ValueError("timer='thread_cpu' needs a CPU model measured with num_threads=1; use timer='wall'.")
-    return timer
-
-
-def time_samples(
-    call: Callable[[], Any],
-    warmup: int = 10,
-    repeats: int = 30,
-    min_sample_ms: float = 20.0,
-    max_inner_loops: int = 1000,
-    timer: str = "wall",
-    sync: Callable[[], None] | None = None,
-) -> tuple[list[float], int]:
-    """Steps 4-7 of the :func:`measure_latency` protocol for any forward ``call`` (PyTorch or ONNX Runtime).
-
-    ``warmup`` untimed calls, calibration of the calls per sample (``inner_loops``) until one sample lasts
-    ``min_sample_ms``, then ``repeats`` timed samples with the garbage collector paused. ``timer`` is ``"wall"`` or
-    ``"thread_cpu"`` (see :func:`resolve_timer`); ``sync`` runs before starting and before stopping the clock.
-    Returns (per-call milliseconds of each sample, inner_loops).
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}.")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}.")
-    clock = time.thread_time if timer == "thread_cpu" else time.perf_counter
-    sync = sync or (lambda: None)
-
-    def timed(loops: int) -> float:
-        sync()
-        start = clock()
-        for _ in range(loops):
-            call()
-        sync()
-        return clock() - start
-
-    for _ in range(warmup):
-        call()
-    sync()
-    inner_loops = 1
-    while True:
-        elapsed = timed(inner_loops)
-        if elapsed * 1000.0 >= min_sample_ms or inner_loops >= max_inner_loops:
-            break
-        # Jump close to the target instead of only doubling when the first sample is very short.
-        guess = int(inner_loops * min_sample_ms / max(elapsed * 1000.0, 1e-6) * 1.1) + 1
-        inner_loops = min(max_inner_loops, max(inner_loops * 2, guess))
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        samples = [timed(inner_loops) * 1000.0 / inner_loops for _ in range(repeats)]
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return samples, inner_loops
-
-
-def latency_result(samples: list[float], inner_loops: int, **fields: Any) -> LatencyResult:
-    """A :class:`LatencyResult` from the per-call samples of :func:`time_samples` (``fields``: the other fields)."""
-    mean = statistics.fmean(samples)
-    std = statistics.pstdev(samples) if len(samples) > 1 else 0.0
-    return LatencyResult(median_ms=statistics.median(samples), mean_ms=mean, std_ms=std,
-                         cv=std / mean if mean > 0 else math.nan, min_ms=min(samples), repeats=len(samples),
-                         inner_loops=inner_loops, samples_ms=samples, **fields)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -373,7 +271,7 @@ def profile_model(
     propagate as they are.
 
     Returns ``{"params": int, "flops": int, "latency": float, "latency_cv": float}`` where ``latency`` is the
-    median forward time in milliseconds from :func:`measure_latency` and ``latency_cv`` the coefficient of
+    forward time in milliseconds from :func:`measure_latency` (its ``latency_ms``) and ``latency_cv`` the coefficient of
     variation of its samples. Extra keyword arguments go to :func:`measure_latency`.
     """
     if not isinstance(model, nn.Module):
@@ -390,6 +288,6 @@ def profile_model(
     return {
         "params": count_parameters(model),
         "flops": count_flops(model, batch_size=batch_size, seq_length=seq_length, inputs=latency_kwargs.get("inputs")),
-        "latency": float(latency.median_ms),
+        "latency": float(latency.latency_ms),
         "latency_cv": float(latency.cv),
     }

@@ -11,8 +11,9 @@ measured Pareto front of the full-budget students (accuracy up, latency down; fi
 hypervolume at least equal).
 
 Latency-model part: ``--archs`` architectures of the demo space (all of it when it has fewer), built from the
-demo's base config, each measured with the search's protocol (``measure_latency``: batch 1 x 64 tokens, one
-thread, thread-CPU timer) on a quiet machine; MAPE and Kendall tau of the leave-one-out predictions of
+demo's base config, each measured with the search's protocol in ``--runtime`` (default: the search's, ONNX Runtime
+fp32 when installed; batch 1 x 64 tokens, one thread, thread-CPU timer, the fastest of 30 samples in 3 rounds);
+MAPE and Kendall tau of the leave-one-out predictions of
 :class:`~autodistill_trainer.search.latency_model.LatencyModel` against the measurements (goals < 10 %, >= 0.9);
 then the same architectures measured again while a subprocess burns a core (``while True: pass``), and Kendall
 tau quiet vs busy (goal >= 0.9).
@@ -169,19 +170,39 @@ def demo_space_archs(n: int, seed: int = 0) -> list[dict]:
     return archs[:n]
 
 
-def measure_all(archs: list[dict], repeats: int) -> list[float]:
-    import torch
+def build_demo_models(archs: list[dict], runtime: str, work: str) -> list[tuple]:
+    """(eager model, exported ONNX path or None) per arch; ONNX files go under ``work`` (exported once, timed twice)."""
     from transformers import MobileBertForSequenceClassification
 
     from autodistill_trainer.builders import build_model
-    from autodistill_trainer.profiling import measure_latency
+    from autodistill_trainer.profiling import dummy_inputs
 
-    out = []
-    for arch in archs:
+    built = []
+    for i, arch in enumerate(archs):
         model = build_model(MobileBertForSequenceClassification, demo_base_config(), arch, seed=0,
                             attn_implementation="eager").eval()
+        path = None
+        if runtime != "pytorch":
+            from autodistill_trainer.deploy.onnx_export import export_onnx
+
+            exported = export_onnx(model, os.path.join(work, f"arch{i}"), example_inputs=dummy_inputs(model, 1, 64),
+                                   quantize=runtime == "onnxruntime-int8")
+            path = exported.paths[runtime]
+        built.append((model, path))
+    return built
+
+
+def measure_all(built: list[tuple], repeats: int, runtime: str) -> list[float]:
+    """Median latency of each model in ``runtime`` with the search's protocol (batch 1 x 64, one thread)."""
+    import torch
+
+    from autodistill_trainer.deploy.runtimes import measure_runtime_latency
+
+    out = []
+    for model, path in built:
         with torch.no_grad():
-            out.append(measure_latency(model, batch_size=1, seq_length=64, num_threads=1, repeats=repeats).median_ms)
+            out.append(measure_runtime_latency(model, runtime, batch_size=1, seq_length=64, num_threads=1,
+                                               repeats=repeats, onnx_path=path).median_ms)
     return out
 
 
@@ -196,9 +217,13 @@ def latency_part(args: argparse.Namespace) -> bool:
     from autodistill_trainer.builders import apply_architecture
     from autodistill_trainer.search.latency_model import LatencyModel, kendall_tau, mape, mobilebert_costs
 
+    from autodistill_trainer.deploy.runtimes import default_runtime
+
+    runtime = args.runtime or default_runtime()
     archs = demo_space_archs(args.archs)
     features = [mobilebert_costs(apply_architecture(demo_base_config(), a), 1, 64) for a in archs]
-    quiet = measure_all(archs, args.repeats)
+    built = build_demo_models(archs, runtime, os.path.join(args.work, f"latency-{runtime}"))
+    quiet = measure_all(built, args.repeats, runtime)
     predicted = []
     for i in range(len(archs)):  # leave-one-out: each prediction from a model fitted on the other archs
         model = LatencyModel("bench", None, min_points=min(8, len(archs) - 1))
@@ -209,13 +234,14 @@ def latency_part(args: argparse.Namespace) -> bool:
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(1.0)
-        busy = measure_all(archs, args.repeats)
+        busy = measure_all(built, args.repeats, runtime)
     finally:
         burner.kill()
         burner.wait()
     err, tau = mape(predicted, quiet), kendall_tau(predicted, quiet)
     tau_busy = kendall_tau(quiet, busy)
-    print(f"latency model over {len(archs)} demo-space archs (batch 1 x 64, 1 thread, median of {args.repeats}): "
+    print(f"latency model over {len(archs)} demo-space archs ({runtime}, batch 1 x 64, 1 thread, fastest of "
+          f"{args.repeats} in 3 rounds): "
           f"leave-one-out MAPE {err:.1f} % (goal < 10), Kendall tau predicted vs measured {tau:.3f} (goal >= 0.9); "
           f"measured quiet vs one core burnt: Kendall tau {tau_busy:.3f} (goal >= 0.9)")
     for a, f, q, p, b in zip(archs, features, quiet, predicted, busy):
@@ -236,6 +262,9 @@ def main() -> int:
     parser.add_argument("--latency-budget-ms", type=float, default=3.0)
     parser.add_argument("--archs", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--runtime", choices=["pytorch", "onnxruntime", "onnxruntime-int8"], default=None,
+                        help="latency runtime of the latency-model part (default: the search's default, onnxruntime "
+                             "when the onnx extra is installed)")
     parser.add_argument("--teacher-dir", default=None)
     parser.add_argument("--teacher-steps", type=int, default=60)
     parser.add_argument("--work", default="/tmp/bench_search_efficiency")

@@ -127,7 +127,7 @@ def test_pareto_plot_circles_the_selected_student_and_names_the_latency_runtime(
     monkeypatch.setattr(report, "Figure", Recorded)
     rows = [{"number": n, "status": "trained", "metrics": {"latency": lat, "accuracy": acc}}
             for n, lat, acc in ((0, 1.0, 0.7), (1, 2.0, 0.8), (2, 3.0, 0.75))]
-    label = "Latency (ms): onnxruntime, batch 1 x 64 tokens, 1 thread(s), 10 warm-up runs, median of 30"
+    label = "Latency (ms): onnxruntime, batch 1 x 64 tokens, 1 thread(s), 10 warm-up runs, fastest of 30 in 3 rounds"
     report.plot_pareto_front(rows, tmp_path / "p.png", selected=1, x_label=label)
     (ax,) = figures[0].axes
     assert ax.get_xlabel() == label

@@ -24,6 +24,9 @@ LATENCY_RUNTIMES = ("pytorch", "onnxruntime", "onnxruntime-int8")
 ONNX_EXPORT_SCOPES = ("best", "front", "none")
 #: Upper bounds of the latency protocol (a typo such as ``1e9`` would otherwise time forwards for days).
 MAX_LATENCY_REPEATS = 10_000
+MAX_LATENCY_ROUNDS = 100
+#: How the latency is estimated from its samples (autodistill_trainer.timing.ESTIMATORS; torch-free here).
+LATENCY_ESTIMATORS = ("min", "median")
 MAX_LATENCY_WARMUP = 10_000
 MAX_LATENCY_BATCH_SIZE = 4096
 MAX_LATENCY_THREADS = 1024
@@ -225,7 +228,10 @@ class EvaluationArguments:
         latency_seq_length: sequence length of the measurement (default: ``data.max_length``).
         latency_num_threads: CPU threads during the measurement.
         latency_warmup: warm-up forwards before timing.
-        latency_repeats: timed samples (the median is reported).
+        latency_repeats: timed samples.
+        latency_estimator: ``min`` (the fastest sample, default: robust to other processes on the machine) or
+            ``median``: the latency reported and optimised.
+        latency_rounds: the samples are taken in this many rounds, 0.5 s apart (default 3).
         latency_runtime: runtime the latency objective is measured in, for students and teacher alike:
             ``pytorch``, ``onnxruntime`` or ``onnxruntime-int8`` (default: ``onnxruntime`` when installed, else
             ``pytorch``; the run's deployment plan checks what is installed).
@@ -253,7 +259,14 @@ class EvaluationArguments:
     latency_warmup: int = field(
         default=10, metadata={"help": f"Warm-up forwards before timing (0..{MAX_LATENCY_WARMUP})."})
     latency_repeats: int = field(
-        default=30, metadata={"help": f"Timed samples; the median is reported (1..{MAX_LATENCY_REPEATS})."})
+        default=30, metadata={"help": f"Timed samples (1..{MAX_LATENCY_REPEATS})."})
+    latency_estimator: str = field(
+        default="min",
+        metadata={"help": "The latency reported and optimised: 'min' (the fastest sample: other processes only add "
+                          "time, so it ranks models the same on a busy machine) or 'median'."})
+    latency_rounds: int = field(
+        default=3, metadata={"help": f"Rounds the samples are taken in, 0.5 s apart (1..{MAX_LATENCY_ROUNDS}; at most "
+                                     "latency_repeats)."})
     latency_runtime: Optional[str] = field(
         default=None,
         metadata={"help": "Runtime the latency objective is measured in, for students and teacher alike: 'pytorch' "
@@ -281,6 +294,14 @@ class EvaluationArguments:
         checks.positive_int(self.latency_num_threads, f"{where}.latency_num_threads", maximum=MAX_LATENCY_THREADS)
         checks.integer(self.latency_warmup, f"{where}.latency_warmup", minimum=0, maximum=MAX_LATENCY_WARMUP)
         checks.positive_int(self.latency_repeats, f"{where}.latency_repeats", maximum=MAX_LATENCY_REPEATS)
+        if self.latency_estimator not in LATENCY_ESTIMATORS:
+            hint = did_you_mean(str(self.latency_estimator), LATENCY_ESTIMATORS)
+            raise ConfigError(f"{where}.latency_estimator is {checks.shown(self.latency_estimator)}; choose one of "
+                              f"{list(LATENCY_ESTIMATORS)}.{hint}")
+        checks.positive_int(self.latency_rounds, f"{where}.latency_rounds", maximum=MAX_LATENCY_ROUNDS)
+        if self.latency_rounds > self.latency_repeats:
+            raise ConfigError(f"{where}.latency_rounds ({self.latency_rounds}) is more than latency_repeats "
+                              f"({self.latency_repeats}): every round needs a sample; lower latency_rounds.")
         if self.latency_runtime is not None and self.latency_runtime not in LATENCY_RUNTIMES:
             raise ConfigError(f"{where}.latency_runtime is {checks.shown(self.latency_runtime)}; choose one of "
                               f"{list(LATENCY_RUNTIMES)}.{did_you_mean(str(self.latency_runtime), LATENCY_RUNTIMES)}")

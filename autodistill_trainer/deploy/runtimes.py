@@ -19,10 +19,8 @@ from torch import nn
 
 from ..configs.sections import ONNX_EXPORT_SCOPES
 from ..errors import ConfigError
-from ..profiling import (
-    LatencyResult, ProfilingUnsupportedError, count_flops, count_parameters, dummy_inputs, latency_result,
-    measure_latency, resolve_timer, time_samples,
-)
+from ..profiling import ProfilingUnsupportedError, count_flops, count_parameters, dummy_inputs, measure_latency
+from ..timing import LatencyResult, latency_result, resolve_timer, time_samples
 from . import ONNX_INSTALL_HINT, ONNX_RUNTIMES, RUNTIMES, missing_onnx_packages, onnx_available
 
 logger = logging.getLogger(__name__)
@@ -64,11 +62,14 @@ def measure_onnx_latency(
     min_sample_ms: float = 20.0,
     max_inner_loops: int = 1000,
     timer: str = "auto",
+    estimator: str = "min",
+    rounds: int = 3,
 ) -> LatencyResult:
     """Latency of the ONNX file ``path`` on ``inputs`` (the same batch PyTorch is timed on), in ms per run.
 
     Session: :func:`~.onnx_export.onnx_session` (``intra_op_num_threads=num_threads``, one inter-op thread). Timing:
-    :func:`~autodistill_trainer.profiling.time_samples` (warm-up, calibration, ``repeats`` samples, median).
+    :func:`~autodistill_trainer.timing.time_samples` (warm-up, calibration, ``repeats`` samples in ``rounds``
+    rounds) and the ``estimator`` (``min`` or ``median``) as the headline ``latency_ms``.
     """
     from .onnx_export import onnx_session, session_feed  # needs the optional onnx extra: imported on use
 
@@ -76,10 +77,11 @@ def measure_onnx_latency(
     feed = session_feed(session, inputs)
     timer = resolve_timer(timer, num_threads == 1)
     samples, inner_loops = time_samples(lambda: session.run(None, feed), warmup=warmup, repeats=repeats,
-                                        min_sample_ms=min_sample_ms, max_inner_loops=max_inner_loops, timer=timer)
+                                        min_sample_ms=min_sample_ms, max_inner_loops=max_inner_loops, timer=timer,
+                                        rounds=rounds)
     batch, seq = feed["input_ids"].shape[:2]
-    return latency_result(samples, inner_loops, batch_size=int(batch), seq_length=int(seq), num_threads=num_threads,
-                          device="cpu", timer=timer)
+    return latency_result(samples, inner_loops, estimator, rounds, batch_size=int(batch), seq_length=int(seq),
+                          num_threads=num_threads, device="cpu", timer=timer)
 
 
 def measure_runtime_latency(
@@ -97,7 +99,7 @@ def measure_runtime_latency(
 
     For an ONNX runtime, ``onnx_path`` is the already exported file of that runtime; without it the model is
     exported to a temporary directory first (removed after). ``timing``: ``min_sample_ms``, ``max_inner_loops``,
-    ``timer`` as in :func:`~autodistill_trainer.profiling.measure_latency`.
+    ``timer``, ``estimator``, ``rounds`` as in :func:`~autodistill_trainer.profiling.measure_latency`.
     """
     if runtime == "pytorch":
         return measure_latency(model, batch_size=batch_size, seq_length=seq_length, num_threads=num_threads,
@@ -125,8 +127,9 @@ def runtime_profile_func(
     """A ``profile_func`` for :class:`~autodistill_trainer.search.AutoDistillation` measuring latency in ``runtime``.
 
     The returned function gives ``{"params", "flops", "latency", "latency_cv", "latency_runtime"}``: parameters and
-    FLOPs of the PyTorch model, ``latency`` (median ms) and ``latency_cv`` from :func:`measure_runtime_latency`,
-    and the runtime's name. Use the same function for the teacher so that speed-ups compare like with like.
+    FLOPs of the PyTorch model, ``latency`` (ms: the protocol's estimate, ``latency_ms``) and ``latency_cv`` from
+    :func:`measure_runtime_latency`, and the runtime's name. Use the same function for the teacher so that speed-ups
+    compare like with like.
     """
     runtime = check_runtime(runtime)
 
@@ -138,7 +141,7 @@ def runtime_profile_func(
         return {
             "params": count_parameters(model),
             "flops": count_flops(model, batch_size=batch_size, seq_length=seq_length),
-            "latency": float(latency.median_ms),
+            "latency": float(latency.latency_ms),
             "latency_cv": float(latency.cv),
             "latency_runtime": runtime,
         }

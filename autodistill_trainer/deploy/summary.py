@@ -40,11 +40,21 @@ class LatencyProtocol:
     num_threads: int = 1
     warmup: int = 10
     repeats: int = 30
+    estimator: str = "min"
+    rounds: int = 3
+
+    def timing(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~.runtimes.measure_runtime_latency` for this protocol."""
+        return dict(batch_size=self.batch_size, seq_length=self.seq_length, num_threads=self.num_threads,
+                    warmup=self.warmup, repeats=self.repeats, estimator=self.estimator, rounds=self.rounds)
 
     def text(self) -> str:
-        """The protocol in words, e.g. ``batch 1 x 64 tokens, 1 thread(s), 10 warm-up runs, median of 30``."""
+        """The protocol in words, e.g. ``batch 1 x 64 tokens, 1 thread(s), 10 warm-up runs, fastest of 30 in 3
+        rounds``."""
+        rounds = f" in {self.rounds} rounds" if self.rounds > 1 else ""
+        how = "fastest" if self.estimator == "min" else "median"
         return (f"batch {self.batch_size} x {self.seq_length} tokens, {self.num_threads} thread(s), "
-                f"{self.warmup} warm-up runs, median of {self.repeats}")
+                f"{self.warmup} warm-up runs, {how} of {self.repeats}{rounds}")
 
     def describe(self, runtime: str) -> str:
         """The protocol in one runtime, e.g. ``onnxruntime, batch 1 x 64 tokens, ...``."""
@@ -100,11 +110,8 @@ def measure_deployment(
             entry["size_mb_by_runtime"].update({r: os.path.getsize(p) / 1e6 for r, p in paths.items()})
         for runtime in runtimes:
             entry["accuracy_by_runtime"][runtime] = scores.get(runtime)
-            latency = measure_runtime_latency(
-                model, runtime, batch_size=protocol.batch_size, seq_length=protocol.seq_length,
-                num_threads=protocol.num_threads, warmup=protocol.warmup, repeats=protocol.repeats,
-                onnx_path=paths.get(runtime))
-            entry["latency_by_runtime"][runtime] = float(latency.median_ms)
+            latency = measure_runtime_latency(model, runtime, onnx_path=paths.get(runtime), **protocol.timing())
+            entry["latency_by_runtime"][runtime] = float(latency.latency_ms)
     logger.info("deployment of %s: latency %s ms, %s %s", type(model).__name__,
                 {r: round(v, 3) for r, v in entry["latency_by_runtime"].items()}, score_key,
                 entry["accuracy_by_runtime"])
