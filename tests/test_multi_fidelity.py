@@ -18,6 +18,7 @@ from autodistill_trainer.errors import ConfigError, InvalidArchitectureError
 from autodistill_trainer.search import AutoDistillation
 from autodistill_trainer.search.fidelity import (
     choose_promotion,
+    constant_objectives,
     first_full_result_cost,
     nondominated_rank_with_crowding,
     promotable,
@@ -102,6 +103,13 @@ def test_choose_promotion_prefers_the_highest_rung_that_fits():
     assert choose_promotion(rungs, {0: {"b"}, 1: {"y"}}, 3, 3, [True]) is None
 
 
+def test_constant_objectives_are_those_every_candidate_scored_the_same():
+    assert constant_objectives([[0.578, 1.2], [0.578, 0.9], [0.578, 2.0]]) == [0]
+    assert constant_objectives([[0.6, 1.0], [0.578, 1.0]]) == [1]
+    assert constant_objectives([[0.6, 1.0], [0.578, 2.0]]) == []
+    assert constant_objectives([[0.578, 1.0]]) == []  # one candidate tells nothing
+
+
 # ------------------------------------------------------------------------------------------ search
 
 
@@ -166,6 +174,31 @@ def test_search_promotes_by_dominance_within_max_trials_equivalents(tmp_path):
     assert data["multi_fidelity"]["rung_fractions"] == [0.111, 0.333, 1.0]
     assert data["multi_fidelity"]["budget_spent"] == pytest.approx(spent)
     assert len(data["trials"]) == len(rows)
+
+
+def test_a_rung_where_every_candidate_scores_the_same_is_warned_about_once(tmp_path, caplog):
+    rec = BudgetRecorder()
+
+    def majority_class_below_full_budget(model):  # a rung too short to learn anything: one accuracy for all
+        return {"accuracy": 0.578 if model.budget < 1 else toy_accuracy(model.arch, model.budget)}
+
+    agent = AutoDistillation(Toy, mf_config(max_trials=3), rec.train, majority_class_below_full_budget, toy_profile,
+                             output_dir=str(tmp_path))
+    with caplog.at_level("WARNING", logger="autodistill_trainer.search.multi_fidelity"):
+        agent.search_loop()
+    warnings = [r.getMessage() for r in caplog.records if "scored the same" in r.getMessage()]
+    assert len(warnings) >= 1 and len(warnings) == len({w.split(" (")[0] for w in warnings})  # once per rung
+    assert warnings[0].startswith("rung 0 (0.111 of the training budget): all 3 candidates scored the same "
+                                  "accuracy = 0.578")
+    assert "raise search.multi_fidelity.min_fraction (now 0.111)" in warnings[0]
+
+
+def test_distinct_rung_results_raise_no_flat_rung_warning(tmp_path, caplog):
+    rec = BudgetRecorder()
+    agent = AutoDistillation(Toy, mf_config(max_trials=3), rec.train, rec.eval, toy_profile, output_dir=str(tmp_path))
+    with caplog.at_level("WARNING", logger="autodistill_trainer.search.multi_fidelity"):
+        agent.search_loop()
+    assert not [r for r in caplog.records if "scored the same" in r.getMessage()]
 
 
 def test_only_full_budget_results_reach_the_front_and_the_best_arch(tmp_path):

@@ -112,3 +112,13 @@ def choose_promotion(
         if ready:
             return rung, ready[0]
     return None
+
+
+def constant_objectives(values: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the objectives on which every one of ``values`` (one list per candidate, at least two
+    candidates) is equal: a rung whose training was too short to tell the candidates apart on that objective
+    (e.g. every student still predicting the majority class) ranks them on the other objectives only."""
+    if len(values) < 2:
+        return []
+    return [i for i in range(len(values[0])) if len({float(v[i]) for v in values}) == 1]
+

@@ -23,7 +23,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from ..errors import ConfigError
-from .fidelity import choose_promotion, promotable, rung_fractions
+from .fidelity import choose_promotion, constant_objectives, promotable, rung_fractions
 from .ledger import STATUS_DUPLICATE, STATUS_NOT_NEEDED, Snapshot, arch_key, rung_key
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,27 @@ def _promotions(driver: Any, snap: Snapshot, left: float, left_below_top: float,
     fits = {r: fractions[r + 1] <= (left if r + 1 == top else left_below_top) + EPS for r in range(top)}
     return choose_promotion(rungs, promoted, len(fractions), cfg.multi_fidelity.reduction_factor,
                             cfg.higher_is_better, fits)
+
+
+def warn_flat_rungs(driver: Any, snap: Snapshot, fractions: list[float], state: dict[str, Any]) -> None:
+    """Warn once per rung (per ``search_loop`` call) when at least ``max(reduction_factor, 3)`` candidates of a
+    lower rung scored exactly the same on an objective: that rung's training is too short to separate them (measured
+    on the demo: 30 steps left every student at the majority class), so promotion there follows the other objectives
+    only, and ``search.multi_fidelity.min_fraction`` should be raised."""
+    cfg = driver.search_config
+    warned = state.setdefault("flat_rungs", set())
+    for rung in range(len(fractions) - 1):
+        results = snap.rung_results.get(rung, [])
+        if rung in warned or len(results) < max(cfg.multi_fidelity.reduction_factor, 3):
+            continue
+        flat = constant_objectives([values for _, _, values in results])
+        if flat:
+            warned.add(rung)
+            shown = ", ".join(f"{cfg.metrics[i]} = {results[0][2][i]:g}" for i in flat)
+            logger.warning("rung %d (%.3g of the training budget): all %d candidates scored the same %s, so promotion "
+                           "there follows the other objectives only; raise search.multi_fidelity.min_fraction (now "
+                           "%g) so that the shortest training tells students apart", rung, fractions[rung],
+                           len(results), shown, cfg.multi_fidelity.min_fraction)
 
 
 def _budget_left(driver: Any, snap: Snapshot, fractions: list[float]) -> tuple[float, float]:
@@ -125,6 +146,7 @@ def next_multi_fidelity_candidate(driver: Any, state: dict[str, Any]) -> dict[st
             return None
         driver.fail_stale_trials()
         snap = driver._snapshot()
+        warn_flat_rungs(driver, snap, fractions, state)
         if state["proposals"] >= state["max_proposals"]:
             logger.warning("stopping after %d proposals with %.3g of max_trials=%d full-trial equivalents spent: %s",
                            state["proposals"], snap.spent, cfg.max_trials, driver._why_stuck(snap))
