@@ -36,6 +36,7 @@ from .schedule import plan_stages
 from .search import AutoDistillationResult
 from .search.latency_model import ArchCostModel
 from .search.oob import OOBContext, run_autodistillation
+from .search.supernet_oob import run_supernet_search
 from .run_dir import (
     NonFiniteModelError, OutputDirError, OutputDirLock, atomic_write_json, check_output_dir, claim_output_dir,
     commit_output_dir, export_best_model, run_fingerprint,
@@ -145,7 +146,8 @@ def run(recipe: Recipe) -> int:
                                                       deployment.latency_runtime, protocol.batch_size,
                                                       protocol.seq_length)
         result = _search(config, training, teacher, model_builder, profile, {**tokenized, "train": distill_train},
-                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache, cost_model)
+                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache, cost_model,
+                         (base_config, model_cls, recipe.model.init_embeddings_from_teacher))
         if result.best_model_arch is None:
             if is_main:
                 print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)
@@ -297,13 +299,21 @@ def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_me
 
 def _search(config: AutoDistillationConfig, training: Any, teacher: Any, model_builder: Callable,
             profile: Callable, tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any,
-            preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None) -> AutoDistillationResult:
-    """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation."""
+            preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None,
+            student: tuple[Any, type, bool] | None = None) -> AutoDistillationResult:
+    """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation (``student``:
+    base config, class and embedding initialisation, which the supernet strategy builds its supernet from)."""
+    base_config, student_cls, init_embeddings = student or (None, None, False)
     context = OOBContext(
         args=training, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
         data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits, teacher_cache=teacher_cache,
+        student_config=base_config, student_cls=student_cls,
     )
+    if config.search.strategy == "supernet":
+        _, result = run_supernet_search(context, teacher, config, profile_func=profile, cost_model=cost_model,
+                                        init_embeddings_from_teacher=init_embeddings)
+        return result
     _, result = run_autodistillation(context, teacher, config, model_builder=model_builder, profile_func=profile,
                                      cost_model=cost_model)
     return result

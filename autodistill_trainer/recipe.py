@@ -359,7 +359,7 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
     if flash is None and regular is None:
         raise ConfigError("auto_distillation: give flash_distillation, regular_distillation or both.")
     autodistillation = AutoDistillationConfig(search=search, flash_distillation=flash, regular_distillation=regular)
-    check_supernet_recipe(search.strategy, model.student_class, regular)
+    check_supernet_recipe(search.strategy, model.student_class, regular, flash)
     training = _build_training_arguments(train, output_dir, "auto_distillation.train")
     _build_training_arguments(teacher.finetune, os.path.join(output_dir, "teacher-finetune"), "teacher.finetune")
 

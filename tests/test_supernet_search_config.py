@@ -141,3 +141,12 @@ def test_a_supernet_recipe_needs_regular_distillation():
                                                          "train_steps": 3}
     with pytest.raises(ConfigError, match="add auto_distillation.regular_distillation"):
         build_recipe(recipe)
+
+
+def test_a_supernet_recipe_refuses_flash_stages_it_would_not_use():
+    recipe = smoke_recipe()
+    recipe["auto_distillation"]["flash_distillation"] = {"block_names": "auto",
+                                                         "layer_mappings_for_knowledge_transfer": "auto",
+                                                         "train_steps": 3}
+    with pytest.raises(ConfigError, match="remove auto_distillation.flash_distillation"):
+        build_recipe(recipe)

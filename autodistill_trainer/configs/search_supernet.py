@@ -155,12 +155,13 @@ def resolve_strategy(strategy: Any, multi_fidelity: Any, supernet: Any, search_s
 SUPERNET_STUDENT_CLASS = "MobileBertForSequenceClassification"
 
 
-def check_supernet_recipe(strategy: str, student_class: str | None, regular_distillation: Any) -> None:
+def check_supernet_recipe(strategy: str, student_class: str | None, regular_distillation: Any,
+                          flash_distillation: Any = None) -> None:
     """Refuse, before any training, a supernet search the built-in (OOB) pipeline cannot run.
 
     Raises:
-        ConfigError: a student other than :data:`SUPERNET_STUDENT_CLASS`, or no ``regular_distillation`` (the
-            supernet and the finalists are trained with it).
+        ConfigError: a student other than :data:`SUPERNET_STUDENT_CLASS`, no ``regular_distillation`` (the
+            supernet and the finalists are trained with it), or a ``flash_distillation`` (it would not be used).
     """
     if strategy != "supernet":
         return
@@ -171,3 +172,6 @@ def check_supernet_recipe(strategy: str, student_class: str | None, regular_dist
     if regular_distillation is None:
         raise ConfigError("search.strategy: supernet trains the supernet and its finalists with regular_distillation, "
                           "and none is given: add auto_distillation.regular_distillation.")
+    if flash_distillation is not None:
+        raise ConfigError("search.strategy: supernet trains the supernet and its finalists with regular_distillation "
+                          "only (no flash stages): remove auto_distillation.flash_distillation.")
