@@ -21,7 +21,9 @@ from .builders import build_model, student_base_config
 from .configs.autodistillation import AutoDistillationConfig
 from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_teacher
 from .errors import ConfigError
-from .cli_summary import format_summary, majority_class_rate, no_trained_message, pick_metrics, trial_counts
+from .cli_summary import (
+    format_summary, majority_class_rate, no_trained_message, pick_metrics, search_strategy_summary, trial_counts,
+)
 from .data import tokenize_dataset
 from .data.unlabeled import distillation_train_data, load_unlabeled_texts
 from .console import label_stage_output
@@ -172,7 +174,8 @@ def run(recipe: Recipe) -> int:
             baseline_metrics["latency"] = deployed["baseline_without_distillation"]["latency_by_runtime"][
                 deployment.latency_runtime]
         write_results_table(result.rows, output_dir)
-        full_rows = [r for r in result.rows if r.get("budget", 1.0) >= 1]  # multi-fidelity: lower rungs stay out
+        full_rows = [r for r in result.rows if (r["fidelity"] == "final" if "fidelity" in r  # supernet: finals only
+                                                else r.get("budget", 1.0) >= 1)]  # multi-fidelity: lower rungs out
         plot_pareto_front(
             full_rows, os.path.join(output_dir, "pareto_front.png"),
             pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key, selected=best_row["number"],
@@ -221,6 +224,7 @@ def run(recipe: Recipe) -> int:
             "max_trials": config.search.max_trials, "majority_class_rate": majority,
             "wall_time_s": time.time() - start, "best_model": best_dir,
             "deployment": _deployment_section(deployment, protocol, deployed),
+            "search": search_strategy_summary(config.search.strategy, output_dir),
         }
         if deployment.export_front:  # evaluation.export_onnx: front: each Pareto-front student, beside its model
             summary["deployment"]["front_exports"] = export_front(
