@@ -48,7 +48,6 @@ class SupernetConfig:
         eval_samples: proxy evaluation on the first ``eval_samples`` validation examples (default: all of them).
         latency_measurements: architectures whose latency is measured before the proxies, to fit the latency model
             (proxy latencies are predicted; finalists' are measured).
-        seed: seed of the sandwich sampler (default: ``search.seed``).
 
     Raises:
         ConfigError: naming the field, when a value has the wrong type or is out of range.
@@ -73,7 +72,6 @@ class SupernetConfig:
         default=None, metadata={"help": "Proxy evaluation on the first N validation examples (default: all)."})
     latency_measurements: int = field(
         default=8, metadata={"help": "Architectures measured to fit the latency model before the proxies (>= 2)."})
-    seed: int | None = field(default=None, metadata={"help": "Sandwich sampler seed (default: search.seed)."})
 
     def __post_init__(self) -> None:
         checks.positive_int(self.num_candidates, "'search.supernet.num_candidates'", optional=True,
@@ -89,8 +87,6 @@ class SupernetConfig:
         checks.positive_int(self.eval_samples, "'search.supernet.eval_samples'", optional=True)
         checks.integer(self.latency_measurements, "'search.supernet.latency_measurements'", minimum=2,
                        maximum=1000, hint=" (e.g. 8)")
-        if self.seed is not None:
-            checks.seed(self.seed, "'search.supernet.seed'")
 
     def candidates(self, space_size: int) -> int:
         """Proxies to evaluate: ``num_candidates``, or the space up to :data:`MAX_SUPERNET_CANDIDATES`; never more

@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from transformers import EvalPrediction, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..configs import AutoDistillationConfig
 from ..errors import ConfigError
@@ -113,12 +114,16 @@ class OOBSupernetBackend:
         sn_args = dataclasses.replace(args, output_dir=self.directory, learning_rate=lr, save_strategy="steps",
                                       save_steps=max(1, steps // 10), save_total_limit=1)
         t0 = time.monotonic()
+        checkpoint = get_last_checkpoint(self.directory) if os.path.isdir(self.directory) else None
+        if checkpoint is not None:
+            logger.info("supernet training resumes from %s", checkpoint)
         result = train_supernet(
             self.space, self.teacher, sn_args, self.context.train_dataset, self.context.data_collator, steps=steps,
             num_random=self.sn.num_random, temperature=self.regular.temperature,
             inplace_distillation=self.sn.inplace_distillation,
             init_embeddings_from_teacher=self.init_embeddings, teacher_cache=self.context.teacher_cache,
             callbacks=[*(self.context.callbacks or []), _Deadline(deadline)],
+            processing_class=self.context.processing_class, resume_from_checkpoint=checkpoint,
         )
         self.supernet = result.supernet
         if result.steps < steps:
