@@ -152,7 +152,8 @@ def run(recipe: Recipe) -> int:
                          (base_config, model_cls, recipe.model.init_embeddings_from_teacher))
         if result.best_model_arch is None:
             if is_main:
-                print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)
+                max_trials = None if config.search.strategy == "supernet" else config.search.max_trials
+                print(f"error: {no_trained_message(result.rows, max_trials)}", file=sys.stderr)
             return _finish_distributed(1)
 
         # 6. Baseline: the best architecture trained on labels only, as long as the distillation ran (all ranks).
@@ -221,7 +222,8 @@ def run(recipe: Recipe) -> int:
                                                                        **pick_metrics(student_metrics)},
             "baseline_without_distillation": baseline_metrics and pick_metrics(baseline_metrics),
             "speedup": teacher_metrics["latency"] / student_metrics["latency"], "trials": counts,
-            "max_trials": config.search.max_trials, "majority_class_rate": majority,
+            "max_trials": None if config.search.strategy == "supernet" else config.search.max_trials,
+            "majority_class_rate": majority,
             "wall_time_s": time.time() - start, "best_model": best_dir,
             "deployment": _deployment_section(deployment, protocol, deployed),
             "search": search_strategy_summary(config.search.strategy, output_dir),

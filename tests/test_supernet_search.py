@@ -4,7 +4,6 @@ invalid sub-networks refused before evaluation, resume, compute accounting, time
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -28,9 +27,8 @@ class ToyBackend:
     trial_steps = 10
     trial_examples = 160
 
-    def __init__(self, eval_sleep: float = 0.0, supernet_cut: bool = False):
+    def __init__(self, supernet_cut: bool = False):
         self.calls = {"train_supernet": 0, "proxy": [], "finalist": [], "validate": []}
-        self.eval_sleep = eval_sleep
         self.supernet_cut = supernet_cut
 
     def train_supernet(self, deadline):
@@ -49,7 +47,6 @@ class ToyBackend:
     def proxy_evaluate(self, arch):
         assert dict(arch) != INVALID, "an invalid sub-network was evaluated"
         self.calls["proxy"].append(dict(arch))
-        time.sleep(self.eval_sleep)
         return {"accuracy": toy_accuracy(arch), "eval_examples": 32}
 
     def train_finalist(self, arch):
@@ -138,12 +135,32 @@ def test_a_rerun_neither_reevaluates_proxies_nor_retrains_finalists(tmp_path):
     assert not {arch_key(a) for a in more.calls["proxy"]} & {arch_key(a) for a in first.calls["proxy"]}
 
 
-def test_a_time_budget_stops_new_candidates_and_a_rerun_continues(tmp_path):
-    slow = ToyBackend(eval_sleep=0.4)
-    agent = run(tmp_path, slow, time_budget_s=0.5)
-    assert 1 <= len(slow.calls["proxy"]) <= 3
+class FakeClock:
+    """``time`` for the strategy's modules: ``monotonic()`` moves only when a proxy is evaluated (1 s each)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_a_time_budget_stops_new_candidates_and_a_rerun_continues(tmp_path, monkeypatch):
+    from autodistill_trainer.search import multi_fidelity, supernet_strategy
+
+    clock = FakeClock()
+    monkeypatch.setattr(multi_fidelity, "time", clock)
+    monkeypatch.setattr(supernet_strategy, "time", clock)
+    slow = ToyBackend()
+    slow.proxy_evaluate = lambda arch, evaluate=slow.proxy_evaluate: (clock.sleep(1.0), evaluate(arch))[1]
+    agent = run(tmp_path, slow, time_budget_s=2.5)
+    assert len(slow.calls["proxy"]) == 3  # started at 0, 1 and 2 s; none at 3 s
     assert slow.calls["finalist"] == []  # no new phase after the budget
     assert agent.best_model_arch is None
+    monkeypatch.undo()
     rest = ToyBackend()
     run(tmp_path, rest)
     assert len(slow.calls["proxy"]) + len(rest.calls["proxy"]) == 8

@@ -104,6 +104,7 @@ def supernet_summary(cfg: Any, trials: Sequence[FrozenTrial], supernet_info: Map
         "finalists": [t.number for t in finals],
         "finalists_trained": sum(trial_status(t) == STATUS_TRAINED for t in finals),
         "wall_s": {"supernet": (supernet_info or {}).get("wall_s"),
+                   "latency_model": getattr(backend, "latency_fit_s", None),
                    "proxies": round(sum(float(t.user_attrs.get("duration_s") or 0) for t in proxies), 3),
                    "finalists": round(sum(float(t.user_attrs.get("duration_s") or 0) for t in finals), 3)},
         "trial_steps": trial_steps,

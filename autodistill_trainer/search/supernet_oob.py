@@ -91,6 +91,7 @@ class OOBSupernetBackend:
         self.directory = os.path.join(args.output_dir, "supernet")
         self.supernet: torch.nn.Module | None = None
         self._latency_ready = False
+        self.latency_fit_s: float | None = None
 
     # ------------------------------------------------------------------------------------------ supernet
 
@@ -154,6 +155,11 @@ class OOBSupernetBackend:
         self.cost_model.observe(dict(arch), profile)
         return profile
 
+    def prepare_proxies(self) -> None:
+        """Fit the latency model before the first proxy (its wall time is ``latency_fit_s``)."""
+        if not self._latency_ready:
+            self._fit_latency()
+
     def _fit_latency(self) -> None:
         """Measure ``latency_measurements`` extracted archs (largest, smallest, then random) to fit the model."""
         self._latency_ready = True
@@ -172,6 +178,7 @@ class OOBSupernetBackend:
         t0 = time.monotonic()
         for arch in archs:
             self._measure(arch)
+        self.latency_fit_s = round(time.monotonic() - t0, 3)
         logger.info("latency model fitted on %d measured sub-networks in %.1fs (largest relative error %s)",
                     len(archs), time.monotonic() - t0, self.cost_model.max_relative_error)
 

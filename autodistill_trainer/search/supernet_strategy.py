@@ -71,6 +71,9 @@ class SupernetBackend(Protocol):
     def proxy_evaluate(self, arch: Mapping[str, Any]) -> dict[str, Any]:
         """Metrics of the sub-network with inherited weights, plus ``eval_examples`` (examples evaluated)."""
 
+    def prepare_proxies(self) -> None:
+        """Optional: called once (rank 0) before the first proxy, e.g. to fit the latency model."""
+
     def train_finalist(self, arch: Mapping[str, Any]) -> dict[str, Any]:
         """Extract, distil and evaluate ``arch``: ``{"metrics", "profile" (measured), "model_dir", "train_steps"}``.
         Collective."""
@@ -119,6 +122,9 @@ class SupernetSearch(AutoDistillation):
                             "ends here; run it again to continue", cfg.time_budget_s)
             elif not time_is_up(self, state):
                 if is_main:
+                    prepare = getattr(self.backend, "prepare_proxies", None)  # e.g. fit the latency model
+                    if prepare is not None:
+                        prepare()
                     self._evaluate_proxies(state)
                 chosen = _bcast(self._choose_finalists() if is_main else None, world)
                 self._train_finalists(chosen, state, is_main, world)
