@@ -102,3 +102,16 @@ def test_the_supernet_strategy_refuses_user_train_and_eval_functions(tmp_path, t
     with pytest.raises(ConfigError, match="out-of-the-box"):
         run_autodistillation(context(tmp_path), teacher, config(), train_func=lambda model: model)
     assert not os.path.exists(os.path.join(str(tmp_path / "run"), "supernet"))
+
+
+def test_two_process_supernet_search_agrees_on_every_rank(tmp_path):
+    from launch import accelerate_launch_two_cpu_processes
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "supernet_search_ddp.py")
+    run = accelerate_launch_two_cpu_processes(script, str(tmp_path), timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # same supernet weights, same finalists, same best architecture
+    assert ranks[0]["best"] is not None and len(ranks[0]["finals"]) == 2
+    data = json.loads((tmp_path / "run" / "search_results.json").read_text())
+    assert data["supernet"]["finalists_trained"] == 2 and data["supernet"]["proxies_evaluated"] == 4

@@ -44,13 +44,19 @@ SUPERNET_STATE_FILENAME = "supernet.json"
 
 
 class _Deadline(TrainerCallback):
-    """Stop (and checkpoint) the supernet's training once ``time.monotonic()`` passes ``deadline``."""
+    """Stop (and checkpoint) the supernet's training once ``time.monotonic()`` passes ``deadline``; under
+    ``torch.distributed`` every rank stops at the same step (the ranks' verdicts are max-reduced)."""
 
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.deadline is None:
+            return control
+        late = torch.tensor([float(time.monotonic() >= self.deadline)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(late, op=torch.distributed.ReduceOp.MAX)
+        if late.item() > 0:
             control.should_training_stop = True
             control.should_save = True
         return control
@@ -235,7 +241,8 @@ class OOBSupernetBackend:
             if self.context.processing_class is not None:
                 self.context.processing_class.save_pretrained(model_dir)
         metrics, _ = self._evaluate(model, None)
-        return {"metrics": metrics, "profile": self._measure(arch, model), "model_dir": model_dir,
+        profile = self._measure(arch, model) if args.process_index == 0 else {}  # rank 0 records the trial
+        return {"metrics": metrics, "profile": profile, "model_dir": model_dir,
                 "train_steps": int(regular.train_steps)}
 
 
