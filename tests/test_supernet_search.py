@@ -207,3 +207,17 @@ def test_finalists_without_a_budget_spread_along_the_front_and_fill_from_the_nex
     assert [r["number"] for r in chosen] == [0, 2, 4]
     chosen = choose_finalists(front[:2] + dominated, ["accuracy", "latency"], [True, False], 3)
     assert [r["number"] for r in chosen] == [0, 1, 6]  # the next front's most accurate fills the third slot
+
+
+def test_a_study_of_another_strategy_is_not_resumed_as_a_supernet_search(tmp_path):
+    from autodistill_trainer.search import AutoDistillation
+
+    plain = AutoDistillation(lambda arch: arch, {"search": {"search_space": SPACE, "search_algorithm": "random",
+                                                            "metrics": ["accuracy", "latency"], "max_trials": 1}},
+                             eval_func=lambda model: {"accuracy": 0.5},
+                             profile_func=lambda model: {"params": 1.0, "latency": 1.0}, output_dir=str(tmp_path))
+    plain.search_loop()
+    backend = ToyBackend()
+    with pytest.raises(ConfigError, match="holds 1 trials of another search strategy"):
+        run(tmp_path, backend)
+    assert backend.calls["train_supernet"] == 0

@@ -113,6 +113,7 @@ class SupernetSearch(AutoDistillation):
         self._loop_state = state
         deadline = None if cfg.time_budget_s is None else state["t_start"] + cfg.time_budget_s
         if is_main:
+            self._refuse_other_strategies()
             self.fail_stale_trials()
             self._start_retries()
         try:
@@ -137,6 +138,18 @@ class SupernetSearch(AutoDistillation):
         if is_main:
             self._log_outcome()
         return self.best_model_arch
+
+    def _refuse_other_strategies(self) -> None:
+        """A study holding trials of the plain or multi-fidelity strategy (no ``fidelity``) cannot be resumed here.
+
+        Raises:
+            ConfigError: naming the storage and the fix.
+        """
+        other = [t.number for t in self.study.get_trials(deepcopy=False) if "fidelity" not in t.user_attrs]
+        if other:
+            raise ConfigError(f"the study {self.study_name!r} in {self.storage_url} holds {len(other)} trials of "
+                              "another search strategy (plain or multi_fidelity); search.strategy: supernet needs its "
+                              "own study: use a fresh output_dir (or search.study_name).")
 
     def _proxy_counts(self, snap: Any) -> tuple[int, int]:
         """(proxies trained or failed, proxy keys settled) in ``snap``."""
