@@ -59,7 +59,8 @@ def common_args(args: argparse.Namespace, teacher: str) -> list[str]:
     for key, value in args.supernet_overrides.items():
         out += [f"{SEARCH}supernet.{key}", str(value)]
     if args.smoke:  # a teacher pass over the whole train set would dwarf the few smoke steps
-        out += ["--teacher.cache_outputs", "false"]
+        out += ["--teacher.cache_outputs", "false", "--data.max_train_samples", "512", "--data.max_eval_samples",
+                "128"]
     return out
 
 
