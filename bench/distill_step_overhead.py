@@ -10,10 +10,15 @@ max_length 64, dynamic padding), interleaved round by round (rotating order), af
 ms per step of each variant (thread CPU time, which with one thread covers the whole step and ignores time the
 process was preempted by other jobs; wall time beside it), the ratio of medians and the median of per-round
 ratios (PASS/FAIL uses the latter, on CPU time), and, for information, the same with ``early_stop_teacher=False``.
+
+``--config small4`` measures a second configuration (issue 13): a randomly initialised 4-layer BERT teacher (hidden
+256, 4 heads, intermediate 1024) and a 4-layer MobileBERT student (hidden 256, bottleneck 64, 2 heads, intermediate
+256, 2 feed-forward networks, embedding 64), both eager, on unpadded batches of 16 x 64 random tokens (every position
+real), attention KL + layer-output MSE on every layer; the issue's figures were taken with ``--threads 2``.
 Peak memory: each variant runs again alone in its own subprocess (warm-up + a few steps) and reports peak RSS
 (``ru_maxrss``) and the RSS it had before its first step.
 
-    python bench/distill_step_overhead.py [--repeats 40] [--threads 1] [--quick] [--profile]
+    python bench/distill_step_overhead.py [--config demo|small4] [--repeats 40] [--threads 1] [--quick] [--profile]
 """
 
 from __future__ import annotations
@@ -39,6 +44,35 @@ import _common as C  # noqa: E402
 
 TARGET = 1.10
 VARIANTS = ("distill", "distill_no_early_stop", "plain_plus_teacher")
+
+#: The second configuration (``--config small4``): models and batches of the issue's measurement.
+SMALL4_STUDENT = {"hidden_size": 256, "intra_bottleneck_size": 64, "num_attention_heads": 2, "intermediate_size": 256,
+                  "num_feedforward_networks": 2, "num_hidden_layers": 4, "embedding_size": 64}
+SMALL4_TEACHER = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
+SMALL4_BATCH, SMALL4_LENGTH, VOCAB = 16, 64, 30522
+
+DESCRIPTIONS = {
+    "demo": ("student: MobileBERT 6 layers, hidden 128, bottleneck 64, 2 heads, intermediate 256, embedding 64 "
+             "(eager); teacher: all-MiniLM-L6-v2 6 layers, 12 heads, hidden 384 (eager)"),
+    "small4": ("student: MobileBERT 4 layers, hidden 256, bottleneck 64, 2 heads, intermediate 256, 2 FFNs, embedding "
+               "64 (eager); teacher: BERT 4 layers, hidden 256, 4 heads, intermediate 1024, random init (eager)"),
+}
+
+
+def build_models(config: str):
+    """(student, teacher) of a configuration."""
+    if config == "demo":
+        return C.build_student(), C.build_teacher()
+    from transformers import BertConfig, BertForSequenceClassification, MobileBertForSequenceClassification
+
+    from autodistill_trainer.builders import build_model, default_mobilebert_base_config
+
+    student = build_model(MobileBertForSequenceClassification, default_mobilebert_base_config(num_labels=2),
+                          SMALL4_STUDENT, seed=0, attn_implementation="eager")
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(BertConfig(vocab_size=VOCAB, num_labels=2, attn_implementation="eager",
+                                                       **SMALL4_TEACHER))
+    return student, teacher.eval()
 
 
 def flat_flash_mappings(student, teacher):
@@ -93,6 +127,13 @@ def make_variant(name: str, student, teacher, batches, out_dir: str):
 
 
 def prepare(args):
+    if args.config == "small4":  # unpadded random-token batches: every position is real
+        generator = torch.Generator().manual_seed(0)
+        shape = (SMALL4_BATCH, SMALL4_LENGTH)
+        return [{"input_ids": torch.randint(1, VOCAB, shape, generator=generator),
+                 "attention_mask": torch.ones(shape, dtype=torch.long),
+                 "token_type_ids": torch.zeros(shape, dtype=torch.long),
+                 "labels": torch.randint(0, 2, (SMALL4_BATCH,), generator=generator)} for _ in range(args.batches)]
     tokenized, tokenizer, collator = C.load_data(max_length=64)
     train = tokenized["train"]
     index_sets = C.index_batches(len(train), 32, args.batches, seed=0)
@@ -103,7 +144,7 @@ def prepare(args):
 def memory_child(variant: str, args) -> int:
     """Run one variant alone: models + warm-up, then reset the peak-RSS mark and run the measured steps."""
     batches = torch.load(args.batches_file)
-    student, teacher = C.build_student(), C.build_teacher()
+    student, teacher = build_models(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         step = make_variant(variant, student, teacher, batches, tmp)
         step.run(0)  # warm-up: optimizer state, allocator pools
@@ -140,6 +181,8 @@ def profile_variants(steps, batches, n: int = 5) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(DESCRIPTIONS), default="demo",
+                        help="demo: the demo's student and MiniLM teacher; small4: 4-layer BERT -> 4-layer MobileBERT")
     parser.add_argument("--repeats", type=int, default=40, help="timed rounds (each runs every variant once)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batches", type=int, default=20, help="distinct batches cycled through")
@@ -157,21 +200,22 @@ def main() -> int:
         return memory_child(args.memory_child, args)
 
     print(C.machine_line())
-    print(
-        "student: MobileBERT 6 layers, hidden 128, bottleneck 64, 2 heads, intermediate 256, embedding 64 (eager); "
-        "teacher: all-MiniLM-L6-v2 6 layers, 12 heads, hidden 384 (eager)"
-    )
+    print(DESCRIPTIONS[args.config])
     batches = prepare(args)
     lengths = [int(b["input_ids"].shape[1]) for b in batches]
-    print(
-        f"data: {len(batches)} batches of 32 Rotten Tomatoes snippets, max_length 64, dynamic padding "
-        f"(padded lengths {min(lengths)}-{max(lengths)}, mean {sum(lengths) / len(lengths):.1f})"
-    )
-    base_student, base_teacher = C.build_student(), C.build_teacher()
+    if args.config == "small4":
+        print(f"data: {len(batches)} unpadded batches of {SMALL4_BATCH} x {SMALL4_LENGTH} random tokens")
+    else:
+        print(
+            f"data: {len(batches)} batches of 32 Rotten Tomatoes snippets, max_length 64, dynamic padding "
+            f"(padded lengths {min(lengths)}-{max(lengths)}, mean {sum(lengths) / len(lengths):.1f})"
+        )
+    base_student, base_teacher = build_models(args.config)
     mappings, losses = flat_flash_mappings(base_student, base_teacher)
+    widths = (base_student.config.hidden_size, base_teacher.config.hidden_size)
     print(
         f"distillation criterion: {len(mappings)} mappings ({losses.count('KL')} attention KL, {losses.count('MSE')} "
-        f"layer-output MSE with Linear(128, 384) matchers), all student layers"
+        f"layer-output MSE with Linear{widths} matchers where the widths differ), all student layers"
     )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,6 +260,8 @@ def main() -> int:
                     os.path.abspath(__file__),
                     "--memory-child",
                     name,
+                    "--config",
+                    args.config,
                     "--threads",
                     str(THREADS),
                     "--batches-file",
@@ -243,7 +289,7 @@ def main() -> int:
     print(
         f"\n{'PASS' if ok else 'FAIL'}: distillation step {ratio:.3f}x plain step + teacher forward "
         f"(target <= {TARGET:.2f}x), "
-        f"{THREADS} thread(s)"
+        f"{THREADS} thread(s), config {args.config}"
     )
     return 0
 

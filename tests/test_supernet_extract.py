@@ -100,6 +100,16 @@ def test_invalid_subnets_are_refused_before_running(space, supernet):
         subnet_forward(supernet, bad, space, **random_batch())
 
 
+def test_a_depth_beyond_the_architectures_layers_is_refused(space, supernet):
+    batch = random_batch(with_labels=False)
+    shallow = subnet_forward(supernet, space.largest(), space, depth=1, output_hidden_states=True, **batch)
+    full = subnet_forward(supernet, space.largest(), space, output_hidden_states=True, **batch)
+    assert len(shallow.hidden_states) == 2
+    torch.testing.assert_close(shallow.hidden_states[1], full.hidden_states[1])
+    with pytest.raises(ValueError, match="depth"):
+        subnet_forward(supernet, space.smallest(), space, depth=2, **batch)
+
+
 def test_a_supernet_from_another_space_is_refused(space):
     narrow = tiny_space({"hidden_size": [16, 24]})
     with pytest.raises(ConfigError, match="hidden_size|supernet_config"):

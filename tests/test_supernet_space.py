@@ -94,11 +94,16 @@ def test_sub_config_is_the_plain_search_config_with_every_searched_value():
     ({"hidden_size": [16, 16.5]}, "hidden_size"),
     ({"hidden_size": [16, 16]}, "twice"),
     ({"hidden_size": [0, 16]}, "hidden_size"),
+    ({"hidden_size": "16"}, "hidden_size"),
     ({}, "empty"),
 ])
 def test_a_bad_search_space_is_a_config_error_naming_the_field(space, named):
     with pytest.raises(ConfigError, match=named):
         ElasticSpace(tiny_base_config(), space)
+
+
+def test_any_sequence_of_values_is_a_space_axis():
+    assert tiny_space({"hidden_size": range(16, 33, 8)}).search_space == {"hidden_size": (16, 24, 32)}
 
 
 def test_a_space_whose_largest_architecture_cannot_run_is_refused():

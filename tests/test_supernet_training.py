@@ -205,3 +205,20 @@ def test_two_process_supernet_training_keeps_ranks_identical(tmp_path):
     result = json.loads(result_path.read_text())
     assert result["world_size"] == 2 and result["steps"] == 6
     assert result["max_abs_diff"] == 0.0 and result["moved"] > 0
+
+
+def test_saving_the_supernet_trainer_writes_the_plain_supernet(space, teacher, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from autodistill_trainer.supernet.training import SupernetTrainer
+
+    supernet = build_supernet(space, seed=0).eval()
+    trainer = SupernetTrainer(model=SandwichModel(supernet, space), args=_args(tmp_path), teacher_model=teacher,
+                              sampler=SandwichSampler(space, num_random=1, seed=0), train_dataset=token_dataset(4),
+                              data_collator=pad_collator)
+    trainer.save_model(str(tmp_path / "supernet"))
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "supernet")
+    assert type(loaded) is type(supernet)
+    assert {f: getattr(loaded.config, f) for f in space.fields} == space.largest()
+    batch = random_batch(with_labels=False)
+    torch.testing.assert_close(loaded(**batch).logits, supernet(**batch).logits)

@@ -6,7 +6,8 @@
   :func:`~.extract.subnet_forward` (a sub-network run on views of the supernet's weights);
 * :mod:`.sandwich`: :class:`~.sandwich.SandwichSampler` and :class:`~.sandwich.SandwichModel` (several
   sub-networks of one batch in one forward);
-* :mod:`.training`: :func:`~.training.train_supernet` (a ``transformers.Trainer`` run of the sandwich model).
+* :mod:`.training`: :func:`~.training.train_supernet` (a ``transformers.Trainer`` run of the sandwich model);
+* :mod:`.flash`: :func:`~.flash.train_supernet_flash` (block-by-block distillation of the supernet on sandwiches).
 
 This package imports nothing at load time: import the submodules.
 """

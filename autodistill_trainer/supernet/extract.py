@@ -99,14 +99,20 @@ def _arch_key(arch: Mapping[str, Any]) -> tuple:
     return tuple(sorted(arch.items()))
 
 
-def _skeleton(supernet: nn.Module, arch: Mapping[str, Any], space: ElasticSpace) -> nn.Module:
-    """The meta-device model of ``arch`` (cached per space, model class, dtype and architecture)."""
+def _skeleton(supernet: nn.Module, arch: Mapping[str, Any], space: ElasticSpace, depth: int | None) -> nn.Module:
+    """The meta-device model of ``arch`` (cached per space, model class, dtype, architecture and depth)."""
     cache = _SKELETONS.setdefault(space, collections.OrderedDict())
-    key = (type(supernet), _dtype(supernet), _arch_key(arch))
+    key = (type(supernet), _dtype(supernet), _arch_key(arch), depth)
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    skeleton = _meta_model(type(supernet), space.sub_config(arch), key[1])
+    config = space.sub_config(arch)
+    if depth is not None:
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= config.num_hidden_layers:
+            raise ValueError(f"depth must be an integer in [1, {config.num_hidden_layers}] (the architecture's "
+                             f"num_hidden_layers), got {depth!r}.")
+        config.num_hidden_layers = depth
+    skeleton = _meta_model(type(supernet), config, key[1])
     cache[key] = skeleton
     while len(cache) > SKELETON_CACHE_SIZE:
         cache.popitem(last=False)
@@ -132,14 +138,16 @@ def extract_subnet(supernet: PreTrainedModel, arch: Mapping[str, Any], space: El
     return model.eval()
 
 
-def subnet_forward(supernet: nn.Module, arch: Mapping[str, Any], space: ElasticSpace, **inputs: Any) -> Any:
+def subnet_forward(supernet: nn.Module, arch: Mapping[str, Any], space: ElasticSpace, *, depth: int | None = None,
+                   **inputs: Any) -> Any:
     """Run sub-network ``arch`` on ``inputs`` with views of the supernet's tensors (gradients reach the supernet).
 
     The output is the sub-network's own (``logits``, and ``loss`` when ``labels`` are given); the sub-network runs
     in the supernet's train/eval mode. Equals ``extract_subnet(supernet, arch, space)(**inputs)`` up to floating
-    point.
+    point. ``depth`` (at most the architecture's ``num_hidden_layers``) runs only its first ``depth`` layers (flash
+    distillation of one block needs no later layer).
     """
-    skeleton = _skeleton(supernet, arch, space)
+    skeleton = _skeleton(supernet, arch, space, depth)
     skeleton.train(supernet.training)
     return torch.func.functional_call(skeleton, subnet_tensors(supernet, skeleton), args=(), kwargs=inputs,
                                       strict=True)

@@ -59,7 +59,7 @@ class ElasticSpace:
             if field not in ELASTIC_FIELDS:
                 raise ConfigError(f"search.search_space.{field} cannot be elastic in a supernet; elastic fields: "
                                   f"{', '.join(ELASTIC_FIELDS)}.{did_you_mean(str(field), ELASTIC_FIELDS)}")
-            values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+            values = tuple(values) if isinstance(values, Sequence) and not isinstance(values, str) else (values,)
             bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < 1]
             if not values or bad:
                 raise ConfigError(f"search.search_space.{field} must be a non-empty list of positive integers, "

@@ -118,19 +118,25 @@ class SupernetTrainer(Trainer):
                      num_items_in_batch: Any = None):
         cached = inputs.get(self._cached_column) if self._cached_column else None
         batch = {k: v for k, v in inputs.items() if not k.startswith(COLUMN_PREFIX)}
-        sandwich = self.accelerator.unwrap_model(model)
-        teacher_logits = None
-        if sandwich.kd_weight > 0:
-            teacher_logits = cached.float() if cached is not None else self._teacher_logits(batch)
-        outputs = model(archs=self.sampler.archs_for_step(self.state.global_step), teacher_logits=teacher_logits,
-                        **batch)
+        targets = self.teacher_targets(self.accelerator.unwrap_model(model), batch, cached)
+        outputs = model(archs=self.sampler.archs_for_step(self.state.global_step), **targets, **batch)
         if model.training:
             self._record(outputs.subnet_losses)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
-    def _teacher_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+    def teacher_targets(self, model: nn.Module, batch: dict[str, Any], cached: torch.Tensor | None) -> dict[str, Any]:
+        """The teacher's outputs the model's forward takes besides the batch: ``teacher_logits`` (cached or live;
+        None when ``kd_weight`` is 0)."""
+        if model.kd_weight == 0:
+            return {"teacher_logits": None}
+        if cached is not None:
+            return {"teacher_logits": cached.float()}
         with torch.no_grad():
-            return self.teacher_model(**filter_model_inputs(batch, self._teacher_inputs)).logits.float()
+            return {"teacher_logits": self.run_teacher(batch).logits.float()}
+
+    def run_teacher(self, batch: dict[str, Any], **kwargs: Any) -> Any:
+        """The teacher's output on the model inputs of ``batch`` (call under ``torch.no_grad``)."""
+        return self.teacher_model(**filter_model_inputs(batch, self._teacher_inputs), **kwargs)
 
     # ------------------------------------------------------------------ logging and saving
     def _record(self, losses: torch.Tensor) -> None:
