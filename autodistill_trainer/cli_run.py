@@ -21,7 +21,9 @@ from .builders import build_model, student_base_config
 from .configs.autodistillation import AutoDistillationConfig
 from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_teacher
 from .errors import ConfigError
-from .cli_summary import format_summary, majority_class_rate, no_trained_message, pick_metrics, trial_counts
+from .cli_summary import (
+    format_summary, majority_class_rate, no_trained_message, pick_metrics, search_strategy_summary, trial_counts,
+)
 from .data import tokenize_dataset
 from .data.unlabeled import distillation_train_data, load_unlabeled_texts
 from .console import label_stage_output
@@ -36,6 +38,7 @@ from .schedule import plan_stages
 from .search import AutoDistillationResult
 from .search.latency_model import ArchCostModel
 from .search.oob import OOBContext, run_autodistillation
+from .search.supernet_oob import run_supernet_search
 from .run_dir import (
     NonFiniteModelError, OutputDirError, OutputDirLock, atomic_write_json, check_output_dir, claim_output_dir,
     commit_output_dir, export_best_model, run_fingerprint,
@@ -145,10 +148,12 @@ def run(recipe: Recipe) -> int:
                                                       deployment.latency_runtime, protocol.batch_size,
                                                       protocol.seq_length)
         result = _search(config, training, teacher, model_builder, profile, {**tokenized, "train": distill_train},
-                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache, cost_model)
+                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache, cost_model,
+                         (base_config, model_cls, recipe.model.init_embeddings_from_teacher))
         if result.best_model_arch is None:
             if is_main:
-                print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)
+                max_trials = None if config.search.strategy == "supernet" else config.search.max_trials
+                print(f"error: {no_trained_message(result.rows, max_trials)}", file=sys.stderr)
             return _finish_distributed(1)
 
         # 6. Baseline: the best architecture trained on labels only, as long as the distillation ran (all ranks).
@@ -170,7 +175,8 @@ def run(recipe: Recipe) -> int:
             baseline_metrics["latency"] = deployed["baseline_without_distillation"]["latency_by_runtime"][
                 deployment.latency_runtime]
         write_results_table(result.rows, output_dir)
-        full_rows = [r for r in result.rows if r.get("budget", 1.0) >= 1]  # multi-fidelity: lower rungs stay out
+        full_rows = [r for r in result.rows if (r["fidelity"] == "final" if "fidelity" in r  # supernet: finals only
+                                                else r.get("budget", 1.0) >= 1)]  # multi-fidelity: lower rungs out
         plot_pareto_front(
             full_rows, os.path.join(output_dir, "pareto_front.png"),
             pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key, selected=best_row["number"],
@@ -216,9 +222,11 @@ def run(recipe: Recipe) -> int:
                                                                        **pick_metrics(student_metrics)},
             "baseline_without_distillation": baseline_metrics and pick_metrics(baseline_metrics),
             "speedup": teacher_metrics["latency"] / student_metrics["latency"], "trials": counts,
-            "max_trials": config.search.max_trials, "majority_class_rate": majority,
+            "max_trials": None if config.search.strategy == "supernet" else config.search.max_trials,
+            "majority_class_rate": majority,
             "wall_time_s": time.time() - start, "best_model": best_dir,
             "deployment": _deployment_section(deployment, protocol, deployed),
+            "search": search_strategy_summary(config.search.strategy, output_dir),
         }
         if deployment.export_front:  # evaluation.export_onnx: front: each Pareto-front student, beside its model
             summary["deployment"]["front_exports"] = export_front(
@@ -297,13 +305,21 @@ def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_me
 
 def _search(config: AutoDistillationConfig, training: Any, teacher: Any, model_builder: Callable,
             profile: Callable, tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any,
-            preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None) -> AutoDistillationResult:
-    """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation."""
+            preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None,
+            student: tuple[Any, type, bool] | None = None) -> AutoDistillationResult:
+    """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation (``student``:
+    base config, class and embedding initialisation, which the supernet strategy builds its supernet from)."""
+    base_config, student_cls, init_embeddings = student or (None, None, False)
     context = OOBContext(
         args=training, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
         data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits, teacher_cache=teacher_cache,
+        student_config=base_config, student_cls=student_cls,
     )
+    if config.search.strategy == "supernet":
+        _, result = run_supernet_search(context, teacher, config, profile_func=profile, cost_model=cost_model,
+                                        init_embeddings_from_teacher=init_embeddings)
+        return result
     _, result = run_autodistillation(context, teacher, config, model_builder=model_builder, profile_func=profile,
                                      cost_model=cost_model)
     return result

@@ -5,12 +5,15 @@ Pure functions on result rows and metric dicts (no I/O), so each statement the s
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 from typing import Any, Mapping, Optional, Sequence
 
 from .deploy.summary import deployment_rows
 
-__all__ = ["pick_metrics", "trial_counts", "no_trained_message", "majority_class_rate", "learned_nothing",
+__all__ = ["pick_metrics", "search_strategy_summary", "strategy_text",
+           "trial_counts", "no_trained_message", "majority_class_rate", "learned_nothing",
            "distillation_verdict", "format_summary", "format_deployment"]
 
 _SUMMARY_METRICS = ("accuracy", "f1", "mlm_accuracy", "latency", "params", "flops")
@@ -51,6 +54,29 @@ def no_trained_message(rows: Sequence[Mapping[str, Any]], max_trials: int, shown
     if reasons:
         text += "; reasons: " + "; ".join(r[:160] for r in reasons[:shown]) + ("; ..." if len(reasons) > shown else "")
     return text + "; all rows are in search_results.json. Fix the search space or the training settings and rerun."
+
+
+def search_strategy_summary(strategy: str, output_dir: str) -> dict[str, Any]:
+    """summary.json's ``search``: the strategy and, for ``supernet``, the proxies evaluated, the finalists and the
+    compute in full-trial equivalents (from ``search_results.json``'s ``supernet`` entry)."""
+    out: dict[str, Any] = {"strategy": strategy}
+    path = os.path.join(output_dir, "search_results.json")
+    if strategy == "supernet" and os.path.exists(path):
+        with open(path) as fh:
+            supernet = json.load(fh).get("supernet") or {}
+        out.update({k: supernet.get(k) for k in ("proxies_evaluated", "finalists_trained", "space_size",
+                                                  "compute_fte", "wall_s")})
+    return out
+
+
+def strategy_text(search: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """One summary line for the supernet strategy (None for the others, whose counts line says it all)."""
+    if not search or search.get("strategy") != "supernet":
+        return None
+    total = (search.get("compute_fte") or {}).get("total")
+    compute = f", compute {total:.1f} full-trial equivalents" if total is not None else ""
+    return (f"  strategy: supernet: {search.get('proxies_evaluated')} sub-networks evaluated in the supernet (space "
+            f"{search.get('space_size')}), {search.get('finalists_trained')} finalists trained on their own{compute}")
 
 
 def majority_class_rate(dataset: Any) -> Optional[float]:
@@ -109,6 +135,7 @@ def format_summary(summary: Mapping[str, Any], score_key: str, output_dir: str) 
         f"  speed-up vs teacher: {summary['speedup']:.1f}x{runtime}   "
         f"{_counts_text(summary['trials'], summary.get('max_trials'))}   "
         f"wall time: {summary['wall_time_s'] / 60:.1f} min",
+        *([strategy_text(summary.get("search"))] if strategy_text(summary.get("search")) else []),
         f"  best architecture: {student['arch']}",
         f"  outputs: {output_dir}/ (search_results.json/.csv/.md, pareto_front.png, best_model/)",
     ]

@@ -55,6 +55,7 @@ from .configs import checks
 from .configs.autodistillation import AutoDistillationConfig
 from .configs.distillation import parse_distillation
 from .configs.search import SearchConfig, parse_search_config
+from .configs.search_supernet import check_supernet_recipe
 from .configs.sections import BaselineArguments, DataArguments, EvaluationArguments, ModelArguments, TeacherArguments
 from .configs.training import check_training_values
 from .configs.yaml_loader import yaml_error_message, yaml_load
@@ -358,6 +359,7 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
     if flash is None and regular is None:
         raise ConfigError("auto_distillation: give flash_distillation, regular_distillation or both.")
     autodistillation = AutoDistillationConfig(search=search, flash_distillation=flash, regular_distillation=regular)
+    check_supernet_recipe(search.strategy, model.student_class, regular, flash)
     training = _build_training_arguments(train, output_dir, "auto_distillation.train")
     _build_training_arguments(teacher.finetune, os.path.join(output_dir, "teacher-finetune"), "teacher.finetune")
 

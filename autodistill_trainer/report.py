@@ -67,15 +67,18 @@ def _flatten(rows: list[dict]) -> tuple[list[str], list[dict[str, Any]]]:
         metric_keys.append("latency")
     flat_rows = []
     for row in rows:
-        flat = {"number": row["number"], "status": row["status"], "params": row.get("params"),
-                "flops": row.get("flops"), "duration_s": row.get("duration_s"), "worker": row.get("worker"),
+        flat = {"number": row["number"], "status": row["status"], "fidelity": row.get("fidelity"),
+                "params": row.get("params"), "flops": row.get("flops"), "duration_s": row.get("duration_s"),
+                "worker": row.get("worker"),
                 "failure_reason": row.get("failure_reason")}
         flat.update(row["metrics"] or {})
         if flat.get("latency") is None:
             flat["latency"] = row.get("latency")
         flat.update({f"arch.{k}": v for k, v in row["arch"].items()})
         flat_rows.append(flat)
-    columns = ["number", "status", *metric_keys, "params", "flops", *(f"arch.{k}" for k in arch_keys), "duration_s"]
+    fidelity = ["fidelity"] if any(row.get("fidelity") for row in rows) else []  # supernet search: proxy | final
+    columns = ["number", "status", *fidelity, *metric_keys, "params", "flops", *(f"arch.{k}" for k in arch_keys),
+               "duration_s"]
     columns += [k for k in ("worker", "failure_reason") if any(flat.get(k) for flat in flat_rows)]
     return columns, flat_rows
 
@@ -111,12 +114,16 @@ def write_results_table(rows: list[dict], output_dir: PathLike) -> tuple[Path, P
     headers = [f"{h} (ms)" if h == "latency" else h for h in headers]
     lines = [
         "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---" if c in ("status", "worker", "failure_reason") else "---:" for c in columns) + "|",
+        "|" + "|".join("---" if c in ("status", "fidelity", "worker", "failure_reason") else "---:"
+                       for c in columns) + "|",
     ]
     for flat in flat_rows:
         lines.append("| " + " | ".join(_fmt_md(flat.get(c), c) for c in columns) + " |")
     trained = sum(1 for r in rows if r["status"] == "trained")
-    lines += ["", f"{len(rows)} trials, {trained} trained. Latency in ms."]
+    finals = sum(1 for r in rows if r["status"] == "trained" and r.get("fidelity") == "final")
+    detail = (f" ({trained - finals} with inherited supernet weights, {finals} finalists)" if "fidelity" in columns
+              else "")
+    lines += ["", f"{len(rows)} trials, {trained} trained{detail}. Latency in ms."]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     logger.info("Wrote search results (%d rows) to %s and %s", len(rows), csv_path, md_path)
     return csv_path, md_path
@@ -262,7 +269,8 @@ def write_search_reports(
     csv_path, md_path = write_results_table(result.rows, output_dir)
     selected = result.best_row["number"] if result.best_row else None
     written = {"csv": csv_path, "markdown": md_path, "plot": plot_pareto_front(
-        result.rows, output_dir / "pareto_front.png", y_metric=score_key, selected=selected,
+        [r for r in result.rows if r.get("fidelity", "final") == "final"],  # supernet search: no proxy on the plot
+        output_dir / "pareto_front.png", y_metric=score_key, selected=selected,
         pareto_numbers=[row["number"] for row in result.pareto_front],
         teacher=teacher and {"latency": teacher.get("latency"), score_key: teacher.get(score_key), "label": "teacher"},
     )}

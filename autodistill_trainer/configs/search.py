@@ -11,6 +11,7 @@ from typing import Any, Literal, Mapping, Union
 from ..errors import ConfigError, did_you_mean
 from . import checks
 from .kd_knobs import KD_KNOBS, check_knob_values
+from .search_supernet import SEARCH_STRATEGIES, SupernetConfig, resolve_strategy
 
 SEARCH_ALGORITHMS = ("BO", "TPE", "NSGA2", "random", "grid")
 #: Default direction of the metrics whose sense is known (``higher_is_better`` may be left out for them).
@@ -125,6 +126,10 @@ class SearchConfig:
             trains for the full budget. With it, ``max_trials`` counts full-trial equivalents (sum of fractions).
         time_budget_s: wall seconds from the start of each ``search_loop`` call after which no new build or
             training starts (the search ends with what it has and can be resumed).
+        strategy: ``plain``, ``multi_fidelity`` or ``supernet`` (default: ``multi_fidelity`` when
+            ``multi_fidelity`` is given, else ``plain``); a section of another strategy is an error.
+        supernet: the supernet strategy's settings (:class:`SupernetConfig`; defaults when the strategy is
+            ``supernet`` and it is not given). ``max_trials`` is not used by that strategy.
 
     Raises:
         ConfigError: naming the field, when a value has the wrong type or is out of range.
@@ -157,6 +162,12 @@ class SearchConfig:
                                         "max_trials then counts full-trial equivalents. null: full budget for all."})
     time_budget_s: float | None = field(
         default=None, metadata={"help": "Wall seconds per search run after which no new training starts (positive)."})
+    strategy: Literal["plain", "multi_fidelity", "supernet"] | None = field(
+        default=None, metadata={"help": f"Search strategy, one of {list(SEARCH_STRATEGIES)} (default: multi_fidelity "
+                                        "when search.multi_fidelity is given, else plain)."})
+    supernet: SupernetConfig | None = field(
+        default=None, metadata={"help": "Supernet strategy: {num_candidates, finalists, train_steps, num_random, "
+                                        "inplace_distillation, finalist_budget, eval_samples, latency_measurements}."})
 
     def __post_init__(self) -> None:
         self.search_space = _check_search_space(self.search_space)
@@ -188,6 +199,12 @@ class SearchConfig:
             checks.positive_number(getattr(self, key), f"'search.{key}'", optional=True)
         checks.boolean(self.retry_failed, "'search.retry_failed'")
         self.multi_fidelity = MultiFidelityConfig.parse(self.multi_fidelity)
+        self.supernet = SupernetConfig.parse(self.supernet)
+        self.strategy = resolve_strategy(self.strategy, self.multi_fidelity, self.supernet, self.search_space)
+        if self.strategy == "multi_fidelity" and self.multi_fidelity is None:
+            self.multi_fidelity = MultiFidelityConfig()
+        if self.strategy == "supernet" and self.supernet is None:
+            self.supernet = SupernetConfig()
         if self.multi_fidelity is not None:
             mf = self.multi_fidelity
             needed = first_full_result_cost(mf.min_fraction, mf.reduction_factor)

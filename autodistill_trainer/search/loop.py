@@ -365,6 +365,11 @@ class AutoDistillation(StudyDriver):
         self.search_result, self.pareto_front = result.rows, result.pareto_front
         self.best_model_arch = result.best_model_arch
 
+    def _results_extra(self) -> dict[str, Any]:
+        """Strategy entries of ``search_results.json`` (``multi_fidelity``; the supernet search adds its own)."""
+        cfg = self.search_config
+        return {"multi_fidelity": fidelity_summary(cfg, self._snapshot())} if cfg.multi_fidelity is not None else {}
+
     def _collect_results(self) -> AutoDistillationResult:
         """Rank 0: refresh the rows, front and best arch from the study, rewrite ``search_results.json``
         atomically, and return them."""
@@ -372,9 +377,11 @@ class AutoDistillation(StudyDriver):
         study = self.study
         trials = study.get_trials(deepcopy=False)
         rows = rows_of(trials, self.search_space, cfg.metrics)
-        full = [r for r in rows if r["budget"] >= 1]  # lower rungs never reach the front, the best arch, reports
+        supernet = cfg.strategy == "supernet"  # only finalists' (final) rows reach the front, not proxies
+        full = [r for r in rows if (r.get("fidelity") == "final" if supernet else r["budget"] >= 1)]
         n_trained = sum(r["status"] == STATUS_TRAINED for r in full)
-        front_numbers = selection.front_numbers(study) if n_trained and cfg.multi_fidelity is None else None
+        plain = cfg.multi_fidelity is None and not supernet
+        front_numbers = selection.front_numbers(study) if n_trained and plain else None
         front, best = selection.select(full, cfg.metrics, cfg.higher_is_better, cfg.max_latency_ms, front=front_numbers)
         result = AutoDistillationResult(
             best_model_arch=dict(best["arch"]) if best else None,
@@ -386,6 +393,6 @@ class AutoDistillation(StudyDriver):
             failure_reasons=failure_reasons(rows),
         )
         self.search_result, self.pareto_front, self.best_model_arch = rows, front, result.best_model_arch
-        extra = {"multi_fidelity": fidelity_summary(cfg, self._snapshot())} if cfg.multi_fidelity is not None else {}
+        extra = self._results_extra()
         write_results_file(self.output_dir, self.study_name, cfg, result, extra)
         return result

@@ -38,6 +38,7 @@ from ..schedule import run_distillation, scale_steps
 from .evaluation import PROFILE_KEYS
 from .loop import AutoDistillation
 from .results import AutoDistillationResult
+from .supernet_oob import run_supernet_search
 from .tracking import SearchTracker, stage_losses
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ def run_autodistillation(
             no eval_dataset, metrics that need a missing ``compute_metrics``, no student config to build from).
     """
     config = AutoDistillationConfig.from_design(config)
+    if config.search.strategy == "supernet":  # one supernet, proxies, finalists: see search/supernet_strategy.py
+        return run_supernet_search(context, teacher_model, config, train_func, eval_func, profile_func, cost_model)
     args = context.args
     _check_before_training(context, config, train_func is None, eval_func is None)
     search_keys = list(config.search.search_space)

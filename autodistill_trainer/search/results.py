@@ -101,6 +101,7 @@ def _row(t: FrozenTrial, status: str, arch: dict[str, Any], metric_names: Sequen
         "rung": trial_rung(t),
         "budget": trial_budget(t),
         "parent": t.user_attrs.get("parent"),
+        **({"fidelity": attrs["fidelity"]} if "fidelity" in attrs else {}),  # supernet search: proxy | final
     }
 
 
