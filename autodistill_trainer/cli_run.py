@@ -145,7 +145,8 @@ def run(recipe: Recipe) -> int:
                                                       deployment.latency_runtime, protocol.batch_size,
                                                       protocol.seq_length)
         result = _search(config, training, teacher, model_builder, profile, {**tokenized, "train": distill_train},
-                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache, cost_model)
+                         collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache, cost_model,
+                         labelled_fraction=data.labelled_fraction)
         if result.best_model_arch is None:
             if is_main:
                 print(f"error: {no_trained_message(result.rows, config.search.max_trials)}", file=sys.stderr)
@@ -297,12 +298,14 @@ def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_me
 
 def _search(config: AutoDistillationConfig, training: Any, teacher: Any, model_builder: Callable,
             profile: Callable, tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any,
-            preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None) -> AutoDistillationResult:
+            preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None,
+            labelled_fraction: Optional[float] = None) -> AutoDistillationResult:
     """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation."""
     context = OOBContext(
         args=training, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
         data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits, teacher_cache=teacher_cache,
+        labelled_fraction=labelled_fraction,
     )
     _, result = run_autodistillation(context, teacher, config, model_builder=model_builder, profile_func=profile,
                                      cost_model=cost_model)
