@@ -14,7 +14,8 @@ Usage (one task per process; run two tasks side by side on two cores)::
 
 ``--report`` prints, per task, every (variant, learning rate) cell by seed, then each variant at its tuned learning
 rate (the best on seed 1, the grid's seed) as mean ± sample standard deviation over the seeds run at that rate, with
-the difference to labels-only. Figures in bench/README.md.
+the difference to labels-only and the median training wall time per run (a variant's first run also pays the
+teacher pass over its new rows: unlabelled, augmented, hidden states). Figures in bench/README.md.
 """
 
 from __future__ import annotations
@@ -222,11 +223,13 @@ def report(path: str) -> None:
     grid's seed) with mean ± sample sd over the seeds run there, and the difference to labels-only."""
     runs: dict[tuple, dict[int, float]] = defaultdict(dict)
     walls: dict[str, list[float]] = defaultdict(list)
+    variant_walls: dict[tuple, list[float]] = defaultdict(list)
     teachers: dict[str, float] = {}
     with open(path) as f:
         for r in map(json.loads, f):
             runs[(r["task"], r["variant"], r["lr"])][r["seed"]] = 100 * r["accuracy"]
             walls[r["task"]].append(r["train_wall_s"])
+            variant_walls[(r["task"], r["variant"], r["lr"])].append(r["train_wall_s"])
             teachers[r["task"]] = 100 * r["teacher_accuracy"]
     order = list(VARIANTS)
     for task in sorted(teachers):
@@ -244,15 +247,17 @@ def report(path: str) -> None:
                 accs = list(cells[lr].values())
                 by_seed = ", ".join(f"{cells[lr][k]:.2f}" for k in sorted(cells[lr]))
                 print(f"| {variant} | {lr:g} | {by_seed} | {_mean_sd(accs)} |")
-        print("\n| variant | tuned lr (best on seed 1) | accuracy % mean ± sd (n) | vs labels (points) | of teacher |")
-        print("|---|---|---|---|---|")
+        print("\n| variant | tuned lr (best on seed 1) | accuracy % mean ± sd (n) | vs labels (points) | of teacher | "
+              "median train s per run |")
+        print("|---|---|---|---|---|---|")
         base = statistics.mean(runs[(task, "labels", tuned["labels"])].values()) if "labels" in tuned else None
         for variant in variants:
             accs = list(runs[(task, variant, tuned[variant])].values())
             mean = statistics.mean(accs)
             delta = f"{mean - base:+.2f}" if base is not None else ""
+            wall = statistics.median(variant_walls[(task, variant, tuned[variant])])
             print(f"| {variant} | {tuned[variant]:g} | {_mean_sd(accs)} ({len(accs)}) | {delta} | "
-                  f"{100 * mean / teachers[task]:.1f}% |")
+                  f"{100 * mean / teachers[task]:.1f}% | {wall:.0f} |")
 
 
 def _mean_sd(values: list[float]) -> str:
