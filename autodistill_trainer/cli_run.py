@@ -149,7 +149,8 @@ def run(recipe: Recipe) -> int:
                                                       protocol.seq_length)
         result = _search(config, training, teacher, model_builder, profile, {**tokenized, "train": distill_train},
                          collator, tokenizer, compute_metrics, preprocess_logits, teacher_cache, cost_model,
-                         (base_config, model_cls, recipe.model.init_embeddings_from_teacher))
+                         (base_config, model_cls, recipe.model.init_embeddings_from_teacher),
+                         labelled_fraction=data.labelled_fraction)
         if result.best_model_arch is None:
             if is_main:
                 max_trials = None if config.search.strategy == "supernet" else config.search.max_trials
@@ -306,15 +307,17 @@ def _evaluate(model: Any, training: Any, dataset: Any, collator: Any, compute_me
 def _search(config: AutoDistillationConfig, training: Any, teacher: Any, model_builder: Callable,
             profile: Callable, tokenized: Any, collator: Any, tokenizer: Any, compute_metrics: Any,
             preprocess_logits: Any, teacher_cache: Any, cost_model: Any = None,
-            student: tuple[Any, type, bool] | None = None) -> AutoDistillationResult:
+            student: tuple[Any, type, bool] | None = None,
+            labelled_fraction: Optional[float] = None) -> AutoDistillationResult:
     """Run the OOB search on the recipe's data: built-in flash + regular distillation and evaluation (``student``:
-    base config, class and embedding initialisation, which the supernet strategy builds its supernet from)."""
+    base config, class and embedding initialisation, which the supernet strategy builds its supernet from;
+    ``labelled_fraction``: ``data.labelled_fraction``)."""
     base_config, student_cls, init_embeddings = student or (None, None, False)
     context = OOBContext(
         args=training, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
         data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits, teacher_cache=teacher_cache,
-        student_config=base_config, student_cls=student_cls,
+        student_config=base_config, student_cls=student_cls, labelled_fraction=labelled_fraction,
     )
     if config.search.strategy == "supernet":
         _, result = run_supernet_search(context, teacher, config, profile_func=profile, cost_model=cost_model,

@@ -360,6 +360,10 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
         raise ConfigError("auto_distillation: give flash_distillation, regular_distillation or both.")
     autodistillation = AutoDistillationConfig(search=search, flash_distillation=flash, regular_distillation=regular)
     check_supernet_recipe(search.strategy, model.student_class, regular, flash)
+    if search.strategy == "supernet" and data_args.labelled_fraction is not None:
+        raise ConfigError("data.labelled_fraction is not applied by search.strategy: supernet (its sandwich steps "
+                          "sample batches from the whole training set): remove data.labelled_fraction or use the "
+                          "plain or multi_fidelity strategy.")
     training = _build_training_arguments(train, output_dir, "auto_distillation.train")
     _build_training_arguments(teacher.finetune, os.path.join(output_dir, "teacher-finetune"), "teacher.finetune")
 

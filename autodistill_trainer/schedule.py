@@ -179,6 +179,7 @@ def run_distillation(
     preprocess_logits_for_metrics: Callable | None = None,
     kd_knobs: Mapping[str, Any] | None = None,
     log_label: str = "",
+    labelled_fraction: float | None = None,
 ) -> list[StageResult]:
     """Run the flash stages (one per block, in order), then the regular stage; return per-stage results.
 
@@ -192,7 +193,8 @@ def run_distillation(
     cacheable read them from disk instead of running the teacher. A stage that leaves non-finite weights raises
     :class:`~autodistill_trainer.guards.NonFiniteParametersError` and no later stage runs. `kd_knobs` (a trial's
     temperature / kd_weight / flash_share) change the planned stages (see :func:`plan_stages`). `log_label` (e.g.
-    ``trial 3``) starts each stage's log lines and progress-bar label.
+    ``trial 3``) starts each stage's log lines and progress-bar label. `labelled_fraction` (``data.labelled_fraction``)
+    fixes the labelled share of every stage's training batches (:mod:`~autodistill_trainer.labelled_share`).
     """
     flash, regular = parse_distillation(flash_distillation, regular_distillation)
     if flash is None and regular is None:
@@ -216,14 +218,15 @@ def run_distillation(
                 student, teacher, args, train_dataset, stage, index, len(stages),
                 data_collator=data_collator, processing_class=processing_class, callbacks=list(callbacks or []),
                 teacher_cache=teacher_cache, step_offset=sum(r.train_steps for r in results), log_label=log_label,
-                **(evaluation if stage_evaluates else {}),
+                labelled_fraction=labelled_fraction, **(evaluation if stage_evaluates else {}),
             ))
     return results
 
 
 def _run_stage(
     student: nn.Module, teacher: nn.Module, args: TrainingArguments, train_dataset: Any, stage: Stage, index: int,
-    total: int, step_offset: int = 0, log_label: str = "", **trainer_kwargs: Any,
+    total: int, step_offset: int = 0, log_label: str = "", labelled_fraction: float | None = None,
+    **trainer_kwargs: Any,
 ) -> StageResult:
     label, prefix = f"{stage.kind} {index + 1}/{total} {stage.name}", f"{log_label}: " if log_label else ""
     trainable = set_trainable(student, None if stage.trainable is None else stage.trainable + list(stage.lr_scales))
@@ -246,6 +249,7 @@ def _run_stage(
     trainer = StageTrainer(model=student, teacher_model=teacher, criterion=criterion, args=stage_args,
                            train_dataset=train_dataset, learning_rate_scales=stage.lr_scales, **trainer_kwargs)
     trainer.log_step_offset = step_offset  # logs continue the trial's step count across its stages
+    trainer.labelled_fraction = labelled_fraction  # None: the Trainer's sampler
     matcher_elements = sum(p.numel() for p in criterion.feature_matchers.parameters())
     label_stage_output(trainer, f"{log_label} {label}".strip())  # labelled bar or log lines; no end-of-train dict
     start = time.perf_counter()

@@ -24,6 +24,7 @@ from .accumulation import (UNIT_SCALES, batch_counts, has_labelled_rows, may_hol
 from .criterion import IntermediateLayersKnowledgeDistillationLoss
 from .errors import ConfigError, did_you_mean
 from .guards import check_finite_parameters, requires_grad_restored, teacher_in_dtype
+from .labelled_share import LabelledShareMixin
 from .teacher_cache import TeacherCacheCollator, teacher_column
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def build_criterion(
     return IntermediateLayersKnowledgeDistillationLoss(student_model=student, teacher_model=teacher, **spec)
 
 
-class StageTrainer(Trainer):
+class StageTrainer(LabelledShareMixin, Trainer):
     """A `transformers.Trainer` whose loss distils `teacher_model` into `model` (one distillation run).
 
     ``loss = student's own loss (if labels are given and add_origin_loss) + criterion.loss_cal()``. Each term
@@ -100,7 +101,6 @@ class StageTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = False
-
     log_step_offset: int = 0  #: added to the logged step: the earlier stages' steps (one step count per trial)
 
     def __init__(

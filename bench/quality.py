@@ -14,7 +14,8 @@ Usage (one task per process; run two tasks side by side on two cores)::
 
 ``--report`` prints, per task, every (variant, learning rate) cell by seed, then each variant at its tuned learning
 rate (the best on seed 1, the grid's seed) as mean ± sample standard deviation over the seeds run at that rate, with
-the difference to labels-only. Figures in bench/README.md.
+the difference to labels-only and the median training wall time per run (a variant's first run also pays the
+teacher pass over its new rows: unlabelled, augmented, hidden states). Figures in bench/README.md.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ ARCH = {"hidden_size": 192, "intra_bottleneck_size": 32, "num_attention_heads": 
 
 #: variant name -> (uses flash stages, uses logit KD, regular-stage overrides); a ``+unl`` suffix adds
 #: ``--unlabeled FILE`` (data.unlabeled_file), ``+aug`` adds ``data.augmentation`` (``--augment-copies``), to the
-#: distillation's train set (KD terms only; the labels-only variant has no use for them).
+#: distillation's train set (KD terms only; the labels-only variant has no use for them); ``+lfNN`` gives every
+#: batch NN% labelled rows (data.labelled_fraction = NN/100); ``+hid`` adds hidden-state KD to the regular stage
+#: (:func:`hidden_state_overrides`).
 VARIANTS: dict[str, tuple[bool, bool, dict[str, Any]]] = {
     "labels": (False, False, {}),
     "kd": (False, True, {}),
@@ -51,6 +54,23 @@ VARIANTS: dict[str, tuple[bool, bool, dict[str, Any]]] = {
     "kd_only": (False, True, {"add_origin_loss": False}),
     "flash_kd_t4": (True, True, {"temperature": 4.0}),
 }
+
+
+def hidden_state_overrides(regular: Any, student: Any, teacher: Any, weight: float = 1.0) -> dict[str, Any]:
+    """The regular stage's mappings plus MSE between each student layer's output and the output of its teacher layer
+    (uniform map, as flash's ``auto``; linear matchers where widths differ); the new terms share `weight` equally and
+    the existing ones keep theirs (1/n each by default)."""
+    from autodistill_trainer.auto_mappings import uniform_layer_map
+
+    existing = list(regular.mappings())
+    prefix = {m: f"{m.base_model_prefix}." for m in (student, teacher)}
+    layer_map = uniform_layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    hidden = [(f"{prefix[student]}encoder.layer.{i}.output", f"{prefix[teacher]}encoder.layer.{t}.output")
+              for i, t in enumerate(layer_map)]
+    raw = [("", "logits", "", "logits")] if regular.layer_mappings == "auto" else list(regular.layer_mappings)
+    weights = regular.loss_weights or [1.0 / len(existing)] * len(existing)
+    return {"layer_mappings": raw + hidden, "loss_types": list(regular.validated().loss_types) + ["MSE"] * len(hidden),
+            "loss_weights": list(weights) + [weight / len(hidden)] * len(hidden)}
 
 
 def _key(task: str, variant: str, lr: float, seed: int) -> tuple:
@@ -162,6 +182,11 @@ class Task:
 
         base, *extras = variant.split("+")
         uses_flash, uses_kd, regular_overrides = VARIANTS[base]
+        unknown = [e for e in extras if e not in ("unl", "aug", "hid") and not (e[:2] == "lf" and e[2:].isdigit())]
+        if unknown:
+            raise SystemExit(f"variant {variant!r}: unknown suffix {unknown[0]!r} (unl, aug, hid, lfNN)")
+        shares = [int(e[2:]) / 100 for e in extras if e.startswith("lf")]
+        data_extras = frozenset(e for e in extras if e in ("unl", "aug"))
         config = self.recipe.autodistillation
         total = self.total_steps(arch)
         set_seed(seed)
@@ -176,12 +201,16 @@ class Task:
         else:
             flash = (config.flash_distillation or parse_distillation(FLASH_DEFAULT, None)[0]) if uses_flash else None
             flash_steps = sum(s.steps for s in plan_stages(flash, None, student, self.teacher)) if flash else 0
+            if "hid" in extras:
+                regular_overrides = {**regular_overrides, **hidden_state_overrides(
+                    config.regular_distillation, student, self.teacher)}
             regular = dataclasses.replace(config.regular_distillation, train_steps=total - flash_steps,
                                           learning_rate=None, **regular_overrides)
             if flash is not None:
                 flash = dataclasses.replace(flash, learning_rate=None)
-            run_distillation(student, self.teacher, args, self.train_set(frozenset(extras)), flash, regular,
-                             data_collator=self.collator, processing_class=self.tokenizer, teacher_cache=self.cache)
+            run_distillation(student, self.teacher, args, self.train_set(data_extras), flash, regular,
+                             data_collator=self.collator, processing_class=self.tokenizer, teacher_cache=self.cache,
+                             labelled_fraction=shares[0] if shares else None)
         wall = time.time() - start
         metrics = self.evaluate(student)
         return {"task": self.name, "variant": variant, "lr": lr, "seed": seed, "arch": arch, "steps": total,
@@ -194,11 +223,13 @@ def report(path: str) -> None:
     grid's seed) with mean ± sample sd over the seeds run there, and the difference to labels-only."""
     runs: dict[tuple, dict[int, float]] = defaultdict(dict)
     walls: dict[str, list[float]] = defaultdict(list)
+    variant_walls: dict[tuple, list[float]] = defaultdict(list)
     teachers: dict[str, float] = {}
     with open(path) as f:
         for r in map(json.loads, f):
             runs[(r["task"], r["variant"], r["lr"])][r["seed"]] = 100 * r["accuracy"]
             walls[r["task"]].append(r["train_wall_s"])
+            variant_walls[(r["task"], r["variant"], r["lr"])].append(r["train_wall_s"])
             teachers[r["task"]] = 100 * r["teacher_accuracy"]
     order = list(VARIANTS)
     for task in sorted(teachers):
@@ -216,15 +247,17 @@ def report(path: str) -> None:
                 accs = list(cells[lr].values())
                 by_seed = ", ".join(f"{cells[lr][k]:.2f}" for k in sorted(cells[lr]))
                 print(f"| {variant} | {lr:g} | {by_seed} | {_mean_sd(accs)} |")
-        print("\n| variant | tuned lr (best on seed 1) | accuracy % mean ± sd (n) | vs labels (points) | of teacher |")
-        print("|---|---|---|---|---|")
+        print("\n| variant | tuned lr (best on seed 1) | accuracy % mean ± sd (n) | vs labels (points) | of teacher | "
+              "median train s per run |")
+        print("|---|---|---|---|---|---|")
         base = statistics.mean(runs[(task, "labels", tuned["labels"])].values()) if "labels" in tuned else None
         for variant in variants:
             accs = list(runs[(task, variant, tuned[variant])].values())
             mean = statistics.mean(accs)
             delta = f"{mean - base:+.2f}" if base is not None else ""
+            wall = statistics.median(variant_walls[(task, variant, tuned[variant])])
             print(f"| {variant} | {tuned[variant]:g} | {_mean_sd(accs)} ({len(accs)}) | {delta} | "
-                  f"{100 * mean / teachers[task]:.1f}% |")
+                  f"{100 * mean / teachers[task]:.1f}% | {wall:.0f} |")
 
 
 def _mean_sd(values: list[float]) -> str:

@@ -150,3 +150,11 @@ def test_a_supernet_recipe_refuses_flash_stages_it_would_not_use():
                                                          "train_steps": 3}
     with pytest.raises(ConfigError, match="remove auto_distillation.flash_distillation"):
         build_recipe(recipe)
+
+
+def test_a_supernet_recipe_refuses_a_labelled_fraction_it_would_not_apply():
+    recipe = smoke_recipe()
+    recipe["data"]["augmentation"] = {"copies": 1, "methods": ["mask"]}
+    recipe["data"]["labelled_fraction"] = 0.5
+    with pytest.raises(ConfigError, match="data.labelled_fraction is not applied by search.strategy: supernet"):
+        build_recipe(recipe)

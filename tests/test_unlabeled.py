@@ -173,7 +173,7 @@ def test_a_bad_unlabelled_file_is_a_one_line_config_error(tmp_path, name, conten
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def test_the_cli_distils_on_unlabelled_and_augmented_rows_and_evaluates_on_validation_only(tmp_path):
+def test_the_cli_distils_on_unlabelled_and_augmented_rows_at_the_labelled_share_and_evaluates_on_validation(tmp_path):
     import json
     import os
     import re
@@ -188,7 +188,7 @@ def test_the_cli_distils_on_unlabelled_and_augmented_rows_and_evaluates_on_valid
     texts = [f"an unlabelled review number {i}, quite good" for i in range(40)]
     (tmp_path / "unlabelled.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     recipe["data"].update(unlabeled_file=str(tmp_path / "unlabelled.txt"), max_train_samples=64,
-                          augmentation={"copies": 1, "methods": ["mask", "delete"], "seed": 3})
+                          augmentation={"copies": 1, "methods": ["mask", "delete"], "seed": 3}, labelled_fraction=0.5)
     recipe["auto_distillation"]["search"]["max_trials"] = 1
     recipe["baseline"]["enabled"] = False
     recipe["output_dir"] = str(tmp_path / "out")
@@ -202,6 +202,9 @@ def test_the_cli_distils_on_unlabelled_and_augmented_rows_and_evaluates_on_valid
     labelled, unlabelled = int(found.group(1)), int(found.group(2))
     # 40 unlabelled texts, plus at most one copy of each of the 64 train and 40 unlabelled texts
     assert labelled == 64 and 40 < unlabelled <= 40 + 64 + 40
+    batch = recipe["auto_distillation"]["train"]["per_device_train_batch_size"]
+    share = f"Training batches: {batch // 2} labelled + {batch - batch // 2} unlabelled rows each"
+    assert share in run.stderr, run.stderr[-3000:]  # data.labelled_fraction reaches the search's stages
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert 0.0 <= summary["best_student"]["accuracy"] <= 1.0
 

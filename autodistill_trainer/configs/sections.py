@@ -157,6 +157,8 @@ class DataArguments:
         unlabeled_file: in-domain texts without labels (text-classification only), used by the KD terms only.
         augmentation: TinyBERT-style augmented copies of the train (and unlabelled) texts, KD terms only
             (:class:`~autodistill_trainer.configs.augmentation.AugmentationArguments`).
+        labelled_fraction: with unlabelled rows, the labelled share of every distillation batch, in (0, 1)
+            (:mod:`~autodistill_trainer.labelled_share`); default: the train set's share, shuffled.
     """
 
     task: Literal["text-classification", "pretraining"] = field(
@@ -190,6 +192,12 @@ class DataArguments:
         metadata={"help": "TinyBERT-style augmented copies of the train (and unlabelled) texts, KD terms only: "
                           "{copies, methods: [replace, mask, delete], word_prob, top_k, max_delete_words, seed}."},
     )
+    labelled_fraction: Optional[float] = field(
+        default=None,
+        metadata={"help": "With data.unlabeled_file / data.augmentation: the labelled share of every distillation "
+                          "batch, in (0, 1) (round(fraction * batch) labelled rows, the rest unlabelled). Default: "
+                          "the train set's own share, shuffled."},
+    )
 
     def __post_init__(self) -> None:
         if self.task not in DATA_TASKS:
@@ -203,6 +211,12 @@ class DataArguments:
         checks.non_empty_str(self.unlabeled_file, "data.unlabeled_file", optional=True)
         if self.augmentation is not None:
             self.augmentation = AugmentationArguments.from_value(self.augmentation)
+        share = self.labelled_fraction
+        if share is not None and not (checks.is_finite_number(share) and 0 < share < 1):
+            raise ConfigError(f"data.labelled_fraction must be a share in (0, 1) or null, got {checks.shown(share)}.")
+        if self.labelled_fraction is not None and self.unlabeled_file is None and self.augmentation is None:
+            raise ConfigError("data.labelled_fraction shares batches between labelled and unlabelled rows: set "
+                              "data.unlabeled_file or data.augmentation, or remove it.")
         for key in ("unlabeled_file", "augmentation"):
             if getattr(self, key) is not None and self.task != "text-classification":
                 raise ConfigError(f"data.{key} applies to the text-classification task only (data.task is "

@@ -75,6 +75,7 @@ class OOBContext:
         callbacks: extra ``TrainerCallback``s for every distillation stage.
         student_config: the base config the built-in builder sets each architecture on.
         student_cls: the student class of the built-in builder (``run_autodistillation``'s ``model_cls`` wins).
+        labelled_fraction: ``data.labelled_fraction``: the labelled share of every distillation batch (or None).
     """
 
     args: TrainingArguments
@@ -88,6 +89,7 @@ class OOBContext:
     callbacks: list | None = None
     student_config: Any = None
     student_cls: type | None = None
+    labelled_fraction: float | None = None
 
     @classmethod
     def from_trainer(cls, trainer: Trainer) -> "OOBContext":
@@ -106,6 +108,7 @@ class OOBContext:
             callbacks=trainer.user_callbacks() if hasattr(trainer, "user_callbacks") else None,
             student_config=getattr(student, "config", None),
             student_cls=type(student),
+            labelled_fraction=getattr(trainer, "labelled_fraction", None),
         )
 
 
@@ -199,7 +202,7 @@ def run_autodistillation(
             flash_distillation=flash, regular_distillation=regular,
             data_collator=context.data_collator, processing_class=context.processing_class,
             callbacks=context.callbacks, teacher_cache=context.teacher_cache, kd_knobs=split_knobs(current["arch"])[1],
-            log_label=_trial_label(agent),
+            log_label=_trial_label(agent), labelled_fraction=context.labelled_fraction,
         )
         losses_by_arch[arch_slug(current["arch"])] = stage_losses(stages)
         model_dir = os.path.join(directory, "model")
