@@ -1,6 +1,6 @@
 """Benchmark: does the latency runtime change which students look fast? Eager PyTorch vs ONNX Runtime fp32 / int8.
 
-For ``--archs`` architectures of the demo's search space (recipes/rotten_tomatoes_demo.yaml: MobileBERT students,
+For ``--archs`` architectures of the demo's search space (recipes/rotten_tomatoes_plain.yaml: MobileBERT students,
 4 layers, embedding 64; random weights, which do not change latency), measures the latency in each runtime with the
 package's protocol (``deploy.runtimes.measure_runtime_latency``: the profiler's dummy batch, batch 1 x 64 tokens,
 1 thread, 10 warm-up runs, median of 30 samples, the thread-CPU timer), and prints the per-architecture table, the
@@ -37,7 +37,7 @@ from autodistill_trainer.errors import InvalidArchitectureError  # noqa: E402
 from autodistill_trainer.profiling import count_parameters, dummy_inputs  # noqa: E402
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes",
-                    "rotten_tomatoes_demo.yaml")
+                    "rotten_tomatoes_plain.yaml")
 RUNTIMES = ("pytorch", "onnxruntime", "onnxruntime-int8")
 
 

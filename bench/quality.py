@@ -8,7 +8,7 @@ run resumes where it stopped: runs already in the file are skipped). The teacher
 
 Usage (one task per process; run two tasks side by side on two cores)::
 
-    python bench/quality.py recipes/rotten_tomatoes_demo.yaml --variants labels,kd,flash_kd \\
+    python bench/quality.py recipes/rotten_tomatoes_plain.yaml --variants labels,kd,flash_kd \\
         --lrs 5e-4,1e-3,2e-3 --seeds 1 --out bench/results/quality.jsonl
     python bench/quality.py --report bench/results/quality.jsonl
 

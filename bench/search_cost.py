@@ -93,7 +93,7 @@ def run_cli(args_list: list[str], log_path: str, threads: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--recipe", default=None, help="default: recipes/rotten_tomatoes_demo.yaml (--quick: recipes/smoke.yaml)"
+        "--recipe", default=None, help="default: recipes/rotten_tomatoes_plain.yaml (--quick: recipes/smoke.yaml)"
     )
     parser.add_argument("--teacher-dir", default=None, help="an already fine-tuned teacher (skips the preparation run)")
     parser.add_argument("--teacher-steps", type=int, default=60, help="fine-tuning steps of the preparation run")
@@ -109,7 +109,7 @@ def main() -> int:
     )
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides after --, applied to both runs")
     args = parser.parse_args()
-    recipe = args.recipe or os.path.join(REPO, "recipes", "smoke.yaml" if args.quick else "rotten_tomatoes_demo.yaml")
+    recipe = args.recipe or os.path.join(REPO, "recipes", "smoke.yaml" if args.quick else "rotten_tomatoes_plain.yaml")
     work = os.path.join(args.work, "quick" if args.quick else "full")
     os.makedirs(work, exist_ok=True)
     overrides = (QUICK_OVERRIDES if args.quick else FULL_OVERRIDES) + list(args.overrides)

@@ -42,7 +42,7 @@ from _common import setup_threads  # noqa: E402
 THREADS = setup_threads()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(REPO, "recipes", "rotten_tomatoes_demo.yaml")
+RECIPE = os.path.join(REPO, "recipes", "rotten_tomatoes_plain.yaml")
 
 
 # ------------------------------------------------------------------------------------------------- search part

@@ -1,6 +1,6 @@
 """Benchmark: the supernet search vs the plain and multi-fidelity searches on the Rotten Tomatoes demo task.
 
-Every run is the CLI on ``recipes/rotten_tomatoes_supernet.yaml`` (the same 2,880-architecture space for all three
+Every run is the CLI on ``recipes/rotten_tomatoes_demo.yaml`` (the same 2,880-architecture space for all three
 strategies; the plain and multi-fidelity runs get ``search.strategy`` overridden), with one fine-tuned teacher for all
 (``--teacher-dir``, or fine-tuned once by ``search_efficiency.prepare_teacher``), no baseline, no ONNX export, a
 fresh ``output_dir`` each. Per seed (the search seed only; the data split keeps the recipe's training seed):
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from search_efficiency import THREADS, hypervolume, prepare_teacher, run_cli  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(REPO, "recipes", "rotten_tomatoes_supernet.yaml")
+RECIPE = os.path.join(REPO, "recipes", "rotten_tomatoes_demo.yaml")
 SEARCH = "--auto_distillation.search."
 
 
