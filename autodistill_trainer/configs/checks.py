@@ -11,7 +11,7 @@ import math
 import reprlib
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 #: Longest quoted value in an error message.
 MAX_SHOWN_CHARS = 80
@@ -146,3 +146,25 @@ def non_finite_path(value: Any, path: str = "", _depth: int = 0) -> str | None:
             if found is not None:
                 return found
     return None
+
+
+def section(cls: Any, value: Any, key: str, example: str) -> Any:
+    """A nested dataclass section from the recipe: ``None``, an instance of ``cls``, or a mapping of its fields.
+
+    Raises:
+        ConfigError: ``value`` is not a mapping (the message shows ``example``, e.g. ``{min_fraction: 0.111}``), or
+            it has a key that is not a field of ``cls`` (named as ``<key>.<name>``, with the closest field).
+    """
+    import dataclasses
+    from collections.abc import Mapping
+
+    if value is None or isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"'{key}' must be a mapping {example} or null, got {shown(value)}.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for name in value:
+        if name not in names:
+            raise ConfigError(f"Unknown key '{key}.{name}'." + did_you_mean(str(name), names))
+    return cls(**dict(value))
+

@@ -89,16 +89,7 @@ class MultiFidelityConfig:
     @classmethod
     def parse(cls, value: Any) -> "MultiFidelityConfig | None":
         """``None``, an instance, or the recipe's mapping ``{min_fraction: ..., reduction_factor: ...}``."""
-        if value is None or isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError("'search.multi_fidelity' must be a mapping {min_fraction: 0.111, reduction_factor: 3} "
-                              f"or null, got {checks.shown(value)}.")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in value:
-            if key not in names:
-                raise ConfigError(f"Unknown key 'search.multi_fidelity.{key}'." + did_you_mean(str(key), names))
-        return cls(**dict(value))
+        return checks.section(cls, value, "search.multi_fidelity", "{min_fraction: 0.111, reduction_factor: 3}")
 
 
 

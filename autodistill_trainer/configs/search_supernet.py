@@ -105,16 +105,7 @@ class SupernetConfig:
     @classmethod
     def parse(cls, value: Any) -> "SupernetConfig | None":
         """``None``, an instance, or the recipe's mapping ``{num_candidates: ..., finalists: ..., ...}``."""
-        if value is None or isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError("'search.supernet' must be a mapping {num_candidates: 1000, finalists: 3, ...} or null, "
-                              f"got {checks.shown(value)}.")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in value:
-            if key not in names:
-                raise ConfigError(f"Unknown key 'search.supernet.{key}'." + did_you_mean(str(key), names))
-        return cls(**dict(value))
+        return checks.section(cls, value, "search.supernet", "{num_candidates: 1000, finalists: 3, ...}")
 
 
 def resolve_strategy(strategy: Any, multi_fidelity: Any, supernet: Any, search_space: Mapping[str, Any]) -> str:
