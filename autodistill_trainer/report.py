@@ -17,6 +17,7 @@ import csv
 import logging
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
@@ -224,7 +225,7 @@ def plot_pareto_front(
     for n, x, y in chosen:
         ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:orange", linewidths=2.0,
                    label=f"selected student (#{n})", zorder=6)
-    ax.set_xlabel(x_label or _axis_label(x_metric))
+    ax.set_xlabel(textwrap.fill(x_label or _axis_label(x_metric), 90))  # a long protocol wraps, never clipped
     ax.set_ylabel(_axis_label(y_metric))
     all_y = [p[2] for p in points] + references
     if y_metric in _PERCENT_METRICS and all_y and max(all_y) <= 1.0:

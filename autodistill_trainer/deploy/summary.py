@@ -161,8 +161,8 @@ def deployment_card_lines(deployment: Optional[Mapping[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = ["", "## Deployment", "",
-             "Score on the validation set, latency (median, ms) and speed-up against the teacher in the same "
-             "runtime, size of the weights on disk."]
+             "Score on the validation set, latency (ms, the protocol's estimate below) and speed-up against the "
+             "teacher in the same runtime, size of the weights on disk."]
     if deployment.get("latency_protocol"):
         lines.append(f"Latency protocol: {deployment['latency_protocol']}.")
     if deployment.get("latency_runtime"):
