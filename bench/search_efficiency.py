@@ -192,7 +192,7 @@ def build_demo_models(archs: list[dict], runtime: str, work: str) -> list[tuple]
     return built
 
 
-def measure_all(built: list[tuple], repeats: int, runtime: str) -> list[float]:
+def measure_all(built: list[tuple], repeats: int, runtime: str, estimator: str = "min", rounds: int = 3) -> list[float]:
     """Median latency of each model in ``runtime`` with the search's protocol (batch 1 x 64, one thread)."""
     import torch
 
@@ -202,7 +202,8 @@ def measure_all(built: list[tuple], repeats: int, runtime: str) -> list[float]:
     for model, path in built:
         with torch.no_grad():
             out.append(measure_runtime_latency(model, runtime, batch_size=1, seq_length=64, num_threads=1,
-                                               repeats=repeats, onnx_path=path).median_ms)
+                                               repeats=repeats, onnx_path=path, estimator=estimator,
+                                               rounds=rounds).latency_ms)
     return out
 
 
@@ -223,7 +224,7 @@ def latency_part(args: argparse.Namespace) -> bool:
     archs = demo_space_archs(args.archs)
     features = [mobilebert_costs(apply_architecture(demo_base_config(), a), 1, 64) for a in archs]
     built = build_demo_models(archs, runtime, os.path.join(args.work, f"latency-{runtime}"))
-    quiet = measure_all(built, args.repeats, runtime)
+    quiet = measure_all(built, args.repeats, runtime, args.estimator, args.rounds)
     predicted = []
     for i in range(len(archs)):  # leave-one-out: each prediction from a model fitted on the other archs
         model = LatencyModel("bench", None, min_points=min(8, len(archs) - 1))
@@ -234,14 +235,14 @@ def latency_part(args: argparse.Namespace) -> bool:
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(1.0)
-        busy = measure_all(built, args.repeats, runtime)
+        busy = measure_all(built, args.repeats, runtime, args.estimator, args.rounds)
     finally:
         burner.kill()
         burner.wait()
     err, tau = mape(predicted, quiet), kendall_tau(predicted, quiet)
     tau_busy = kendall_tau(quiet, busy)
-    print(f"latency model over {len(archs)} demo-space archs ({runtime}, batch 1 x 64, 1 thread, fastest of "
-          f"{args.repeats} in 3 rounds): "
+    print(f"latency model over {len(archs)} demo-space archs ({runtime}, batch 1 x 64, 1 thread, {args.estimator} of "
+          f"{args.repeats} in {args.rounds} rounds, load average {os.getloadavg()[0]:.2f}): "
           f"leave-one-out MAPE {err:.1f} % (goal < 10), Kendall tau predicted vs measured {tau:.3f} (goal >= 0.9); "
           f"measured quiet vs one core burnt: Kendall tau {tau_busy:.3f} (goal >= 0.9)")
     for a, f, q, p, b in zip(archs, features, quiet, predicted, busy):
@@ -262,6 +263,8 @@ def main() -> int:
     parser.add_argument("--latency-budget-ms", type=float, default=3.0)
     parser.add_argument("--archs", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--estimator", choices=["min", "median"], default="min", help="latency estimate (search: min)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds the samples are taken in (the search's: 3)")
     parser.add_argument("--runtime", choices=["pytorch", "onnxruntime", "onnxruntime-int8"], default=None,
                         help="latency runtime of the latency-model part (default: the search's default, onnxruntime "
                              "when the onnx extra is installed)")
