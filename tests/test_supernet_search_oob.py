@@ -16,6 +16,7 @@ from transformers import BertForSequenceClassification, MobileBertForSequenceCla
 
 from autodistill_trainer.errors import ConfigError
 from autodistill_trainer.search.oob import OOBContext, run_autodistillation
+from autodistill_trainer.teacher_cache import TeacherOutputCache
 
 SPACE = {"hidden_size": [16, 32], "num_hidden_layers": [1, 2], "intermediate_size": [16, 32]}
 
@@ -84,6 +85,14 @@ def test_supernet_search_end_to_end_ships_finalists_as_plain_transformers_models
     assert len(agent2.study.get_trials()) == n_trials
     assert os.path.getmtime(os.path.join(out, "supernet", "supernet.json")) == stamp
     assert result2.best_model_arch == result.best_model_arch
+
+
+def test_the_supernet_and_its_finalists_run_the_teacher_over_the_training_set_once(tmp_path, teacher):
+    ctx = context(tmp_path)
+    ctx.teacher_cache = TeacherOutputCache(teacher, str(tmp_path / "cache"), pad_collator, disable_tqdm=True)
+    _, result = run_autodistillation(ctx, teacher, config(), profile_func=fake_profile)
+    assert len([r for r in result.rows if r.get("fidelity") == "final"]) == 2
+    assert ctx.teacher_cache.passes == 1  # the finalists read the column the supernet's training wrote
 
 
 def test_a_supernet_cut_by_the_time_budget_is_resumed_from_its_checkpoint(tmp_path, teacher):

@@ -21,7 +21,8 @@ from autodistill_trainer.errors import ConfigError
 from autodistill_trainer.losses import KLDivergenceLoss
 from autodistill_trainer.supernet.extract import build_supernet, extract_subnet, leading_slice
 from autodistill_trainer.supernet.sandwich import SandwichModel, SandwichSampler
-from autodistill_trainer.supernet.training import LOGITS_MAPPING, train_supernet
+from autodistill_trainer.mappings import parse_layer_mapping
+from autodistill_trainer.supernet.training import LOGITS_MAPPING, logits_mapping, train_supernet
 from autodistill_trainer.teacher_cache import TeacherOutputCache
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "supernet_train.py")
@@ -153,6 +154,32 @@ def test_supernet_steps_read_the_cached_teacher_logits_instead_of_running_the_te
                           init_embeddings_from_teacher=False).supernet
     for (name, a), b in zip(cached.state_dict().items(), live.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-4, msg=name)  # the cache holds float16 logits
+
+
+def test_the_logits_mapping_is_the_first_whose_teacher_feature_is_the_logits(teacher):
+    head = parse_layer_mapping(("classifier", "classifier"))
+    whole = parse_layer_mapping(("", "logits", "", "logits"))
+    hidden = parse_layer_mapping(("mobilebert.encoder.layer.0", "0", "bert.encoder.layer.0", "0"))
+    assert logits_mapping(teacher, [hidden, ("classifier", "classifier")]) == head
+    assert logits_mapping(teacher, [hidden, whole, head]) == whole
+    assert logits_mapping(teacher, [hidden]) == LOGITS_MAPPING
+    assert logits_mapping(teacher, [("classifier", "0", "classifier", "0")]) == LOGITS_MAPPING  # a process: not logits
+    assert logits_mapping(torch.nn.Linear(2, 2), [head]) == LOGITS_MAPPING  # no classifier module in this teacher
+
+
+def test_the_supernet_and_its_finalists_share_one_cached_teacher_pass(space, teacher, tmp_path):
+    data = token_dataset(12)
+    head = logits_mapping(teacher, [("classifier", "classifier")])  # the finalists' regular-stage mapping
+    shared = TeacherOutputCache(teacher, str(tmp_path / "shared"), pad_collator, disable_tqdm=True)
+    via_head = train_supernet(space, teacher, _args(tmp_path / "a"), data, pad_collator, steps=2, teacher_cache=shared,
+                              teacher_logits=head, init_embeddings_from_teacher=False).supernet
+    shared.dataset_for(data, [head])  # what the finalists' stage asks for
+    assert shared.passes == 1
+    own = TeacherOutputCache(teacher, str(tmp_path / "own"), pad_collator, disable_tqdm=True)
+    via_logits = train_supernet(space, teacher, _args(tmp_path / "b"), data, pad_collator, steps=2, teacher_cache=own,
+                                init_embeddings_from_teacher=False).supernet
+    for (name, a), b in zip(via_head.state_dict().items(), via_logits.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # the classifier's output is the logits
 
 
 def test_train_supernet_initialises_the_embeddings_from_the_teacher_and_reports_its_steps(space, teacher, tmp_path):

@@ -1,7 +1,8 @@
 """The built-in (out-of-the-box) backend of the supernet strategy: a MobileBERT classifier supernet.
 
 * supernet: :func:`~autodistill_trainer.supernet.training.train_supernet` (sandwich rule, regular distillation from
-  the teacher, the teacher cache when there is one) for ``search.supernet.train_steps`` steps under
+  the teacher, the teacher cache when there is one, read in the finalists' logit column so the teacher runs over the
+  training set once) for ``search.supernet.train_steps`` steps under
   ``output_dir/supernet`` (Trainer checkpoints, resumed by a rerun); once complete it is saved in
   ``output_dir/supernet/model`` with ``supernet.json`` (steps, sub-network steps, wall seconds), and a rerun reuses it;
 * proxies: :func:`~autodistill_trainer.supernet.extract.extract_subnet` then one pass over the first
@@ -105,7 +106,7 @@ class OOBSupernetBackend:
         """Reuse the saved supernet, or train (resuming its checkpoints); None when ``deadline`` cut it."""
         from transformers import MobileBertForSequenceClassification
 
-        from ..supernet.training import train_supernet
+        from ..supernet.training import logits_mapping, train_supernet
 
         state_path = os.path.join(self.directory, SUPERNET_STATE_FILENAME)
         model_dir = os.path.join(self.directory, "model")
@@ -129,6 +130,7 @@ class OOBSupernetBackend:
             num_random=self.sn.num_random, temperature=self.regular.temperature,
             inplace_distillation=self.sn.inplace_distillation,
             init_embeddings_from_teacher=self.init_embeddings, teacher_cache=self.context.teacher_cache,
+            teacher_logits=logits_mapping(self.teacher, self.regular.mappings()),
             callbacks=[*(self.context.callbacks or []), _Deadline(deadline)],
             processing_class=self.context.processing_class, resume_from_checkpoint=checkpoint,
         )

@@ -29,7 +29,7 @@ from ..criterion_setup import filter_model_inputs, model_input_names
 from ..embedding_init import TeacherEmbeddingProjection
 from ..embedding_init import init_embeddings_from_teacher as _init_embeddings
 from ..guards import check_finite_parameters, requires_grad_restored
-from ..mappings import parse_layer_mapping
+from ..mappings import LayerMapping, parse_layer_mapping
 from ..teacher_cache import COLUMN_PREFIX, TeacherCacheCollator, teacher_column
 from .extract import build_supernet
 from .sandwich import SandwichModel, SandwichSampler
@@ -37,10 +37,28 @@ from .space import ElasticSpace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOGITS_MAPPING", "SupernetTrainResult", "SupernetTrainer", "train_supernet"]
+__all__ = ["LOGITS_MAPPING", "SupernetTrainResult", "SupernetTrainer", "logits_mapping", "train_supernet"]
 
-#: The teacher feature the sandwich distils: the regular stage's logit mapping (its cached column is shared).
+#: The teacher feature the sandwich distils: the models' output logits.
 LOGITS_MAPPING = parse_layer_mapping(("", "logits", "", "logits"))
+
+
+def logits_mapping(teacher: nn.Module, mappings: Sequence[Any] = ()) -> LayerMapping:
+    """The mapping whose teacher feature (and cached column) the sandwich reads as the teacher's logits.
+
+    The first of ``mappings`` (e.g. the regular stage's, which the finalists train with) whose teacher feature *is*
+    the logits: the whole model's ``logits``, or the output of the teacher's ``classifier`` module with no process
+    (what every ``*ForSequenceClassification`` returns as its logits). So the supernet and its finalists read one
+    cached column and the teacher runs over the training set once. :data:`LOGITS_MAPPING` when none is.
+    """
+    for raw in mappings:
+        mapping = parse_layer_mapping(raw)
+        whole = mapping.teacher_layer == "" and mapping.teacher_process == "logits"
+        head = (mapping.teacher_layer == "classifier" and mapping.teacher_process in (None, "")
+                and isinstance(getattr(teacher, "classifier", None), nn.Module))
+        if whole or head:
+            return mapping
+    return LOGITS_MAPPING
 
 #: Log names of the sub-networks' losses, by position in the step (the rest are averaged as ``loss_random``).
 ROLE_NAMES = ("loss_largest", "loss_smallest")
@@ -66,6 +84,7 @@ class SupernetTrainer(Trainer):
         teacher_model: the teacher (prepared once for evaluation; not wrapped by DDP).
         sampler: the step's sub-networks.
         teacher_cache: optional :class:`~autodistill_trainer.teacher_cache.TeacherOutputCache`.
+        teacher_logits: the mapping whose cached column holds the teacher's logits (:func:`logits_mapping`).
         Other arguments are those of ``transformers.Trainer``.
     """
 
@@ -73,13 +92,14 @@ class SupernetTrainer(Trainer):
 
     def __init__(self, model: SandwichModel, args: TrainingArguments, *trainer_args: Any,
                  teacher_model: nn.Module, sampler: SandwichSampler, teacher_cache: Any = None,
-                 **trainer_kwargs: Any) -> None:
+                 teacher_logits: LayerMapping = LOGITS_MAPPING, **trainer_kwargs: Any) -> None:
         if args.ddp_find_unused_parameters is None:
             args = dataclasses.replace(args, ddp_find_unused_parameters=False)
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         self.sampler = sampler
         self.teacher_cache = teacher_cache
+        self.teacher_logits = teacher_logits
         self._cached_column: str | None = None
         self._teacher_cache_checked = False
         self._teacher_inputs = model_input_names(teacher_model)
@@ -95,8 +115,8 @@ class SupernetTrainer(Trainer):
         return super().get_train_dataloader()
 
     def _use_teacher_cache(self) -> None:
-        column = teacher_column(LOGITS_MAPPING)
-        dataset = self.teacher_cache.dataset_for(self.train_dataset, [LOGITS_MAPPING])
+        column = teacher_column(self.teacher_logits)
+        dataset = self.teacher_cache.dataset_for(self.train_dataset, [self.teacher_logits])
         if column not in getattr(dataset, "column_names", ()):
             return
         self.train_dataset = dataset
@@ -184,6 +204,7 @@ def train_supernet(
     inplace_distillation: str = "teacher",
     init_embeddings_from_teacher: bool = True,
     teacher_cache: Any = None,
+    teacher_logits: LayerMapping = LOGITS_MAPPING,
     callbacks: Sequence[Any] = (),
     supernet: nn.Module | None = None,
     embedding_projection: TeacherEmbeddingProjection | None = None,
@@ -206,6 +227,8 @@ def train_supernet(
             student's embedding width, :mod:`~autodistill_trainer.embedding_init`), as the plain students are;
             ``embedding_projection`` reuses a projection already computed for this teacher.
         teacher_cache: optional teacher-output cache (the teacher's logits are then read, not recomputed).
+        teacher_logits: the mapping whose cached column holds the teacher's logits; pass the finalists' one
+            (:func:`logits_mapping`) so both read the same column.
         resume_from_checkpoint: as ``Trainer.train`` (a checkpoint path, or True for the last one in
             ``args.output_dir``).
         log_label: the progress bar's (or, with ``disable_tqdm``, the log lines') label.
@@ -221,7 +244,7 @@ def train_supernet(
     run_args = dataclasses.replace(args, max_steps=steps, eval_strategy="no", load_best_model_at_end=False)
     trainer = SupernetTrainer(model=sandwich, args=run_args, train_dataset=train_dataset, data_collator=data_collator,
                               processing_class=processing_class, callbacks=list(callbacks), teacher_model=teacher,
-                              sampler=sampler, teacher_cache=teacher_cache)
+                              sampler=sampler, teacher_cache=teacher_cache, teacher_logits=teacher_logits)
     label_stage_output(trainer, log_label)
     start = time.perf_counter()
     teacher_was_training = teacher.training
