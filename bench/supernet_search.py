@@ -105,10 +105,18 @@ def spread(rows: list[dict], n: int) -> list[dict]:
 
 
 def standalone(arch: dict, steps: int, seed: int, args: argparse.Namespace, teacher: str) -> float | None:
-    """Accuracy of ``arch`` trained by the plain pipeline for ``steps`` regular-distillation steps."""
+    """Accuracy of ``arch`` trained by the plain pipeline for ``steps`` regular-distillation steps.
+
+    The run's ``cache`` is the seed's supernet run's (a symlink): same data and teacher, so the tokenized splits and
+    the teacher's logits are read, not recomputed (these runs are not timed).
+    """
     name = "-".join(f"{v}" for v in arch.values())
     out = os.path.join(args.work, f"standalone-seed{seed}-{name}")
     shutil.rmtree(out, ignore_errors=True)
+    shared = os.path.join(args.work, f"supernet-seed{seed}", "cache")
+    if os.path.isdir(shared):
+        os.makedirs(out)
+        os.symlink(shared, os.path.join(out, "cache"))
     space = "{" + ", ".join(f"{k}: [{v}]" for k, v in arch.items()) + "}"
     overrides = [f"{SEARCH}supernet", "null", f"{SEARCH}strategy", "plain", f"{SEARCH}max_trials", "1",
                  f"{SEARCH}search_space", space, f"{SEARCH}search_algorithm", "random",
@@ -214,7 +222,7 @@ def main() -> int:
         results.append({"seed": seed, "rate_ratio": rate_sn / rate_plain, **fid,
                         **{f"hv_{k}": v["hypervolume"] for k, v in {"supernet": sn, **others}.items()},
                         **{f"best_{k}": v["best_within_budget"] for k, v in {"supernet": sn, **others}.items()}})
-    json.dump(results, open(os.path.join(args.work, "supernet_search.json"), "w"), indent=1)
+        json.dump(results, open(os.path.join(args.work, "supernet_search.json"), "w"), indent=1)  # after each seed
     mean = {k: statistics.mean(r[k] for r in results) for k in ("rate_ratio", "tau", "hv_supernet", "hv_plain",
                                                                   "hv_multi_fidelity")}
     print(f"mean over seeds {args.seeds}: archs/CPU-hour {mean['rate_ratio']:.1f}x, tau {mean['tau']:.3f}, "
