@@ -143,13 +143,30 @@ def test_a_supernet_recipe_needs_regular_distillation():
         build_recipe(recipe)
 
 
-def test_a_supernet_recipe_refuses_flash_stages_it_would_not_use():
+AUTO_FLASH = {"block_names": "auto", "layer_mappings_for_knowledge_transfer": "auto", "train_steps": 3}
+
+
+def test_a_supernet_recipe_takes_automatic_flash_stages_with_one_step_count_per_layer():
     recipe = smoke_recipe()
-    recipe["auto_distillation"]["flash_distillation"] = {"block_names": "auto",
-                                                         "layer_mappings_for_knowledge_transfer": "auto",
-                                                         "train_steps": 3}
-    with pytest.raises(ConfigError, match="remove auto_distillation.flash_distillation"):
+    recipe["auto_distillation"]["flash_distillation"] = dict(AUTO_FLASH, learning_rate=5e-4)
+    flash = build_recipe(recipe).autodistillation.flash_distillation
+    assert flash.train_steps == 3 and flash.learning_rate == 5e-4
+
+
+@pytest.mark.parametrize("key, value", [
+    ("block_names", ["mobilebert.encoder.layer.0"]),
+    ("layer_mappings_for_knowledge_transfer", [[["mobilebert.encoder.layer.0", "0", "bert.encoder.layer.0", "0"]]]),
+    ("loss_types", [["MSE"]]),
+    ("soft_freeze", 0.1),
+    ("add_origin_loss", True),
+    ("train_steps", [3, 3]),
+])
+def test_a_supernet_recipe_refuses_flash_settings_its_flash_stages_would_not_apply(key, value):
+    recipe = smoke_recipe()
+    recipe["auto_distillation"]["flash_distillation"] = dict(AUTO_FLASH, **{key: value})
+    with pytest.raises(ConfigError) as info:
         build_recipe(recipe)
+    assert f"auto_distillation.flash_distillation.{key}" in str(info.value)
 
 
 def test_a_supernet_recipe_refuses_a_labelled_fraction_it_would_not_apply():

@@ -95,6 +95,55 @@ def test_the_supernet_and_its_finalists_run_the_teacher_over_the_training_set_on
     assert ctx.teacher_cache.passes == 1  # the finalists read the column the supernet's training wrote
 
 
+FLASH = {"block_names": "auto", "layer_mappings_for_knowledge_transfer": "auto", "train_steps": 2}
+
+
+def test_flash_stages_train_each_supernet_layer_before_the_sandwich_and_count_in_its_compute(tmp_path, teacher):
+    ctx = context(tmp_path)
+    _, result = run_autodistillation(ctx, teacher, dict(config(), flash_distillation=FLASH), profile_func=fake_profile)
+    out = os.path.join(ctx.args.output_dir, "supernet")
+    flash = json.loads(open(os.path.join(out, "flash", "flash.json")).read())
+    assert flash["blocks_done"] == [0, 1] and flash["steps"] == 4  # 2 layers x 2 steps
+    info = json.loads(open(os.path.join(out, "supernet.json")).read())
+    assert info["flash"] == flash and info["steps"] == 3
+    assert info["subnet_steps"] == 9 + flash["subnet_steps"] and flash["subnet_steps"] > 0
+    summary = json.loads(open(os.path.join(ctx.args.output_dir, "search_results.json")).read())["supernet"]
+    assert summary["compute_fte"]["supernet"] == pytest.approx(info["subnet_steps"] / 4, abs=1e-4)
+    assert len([r for r in result.rows if r.get("fidelity") == "final"]) == 2
+
+
+def test_a_supernet_flash_killed_after_a_block_reruns_only_the_blocks_left(tmp_path, teacher, monkeypatch):
+    import autodistill_trainer.supernet.flash as flash_module
+
+    real, calls = flash_module.train_supernet_flash, []
+
+    def dies_in_block_1(*args, blocks, **kwargs):
+        calls.append(list(blocks))
+        if blocks == [1]:
+            raise KeyboardInterrupt
+        return real(*args, blocks=blocks, **kwargs)
+
+    monkeypatch.setattr(flash_module, "train_supernet_flash", dies_in_block_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_autodistillation(context(tmp_path), teacher, dict(config(), flash_distillation=FLASH),
+                             profile_func=fake_profile)
+    out = os.path.join(str(tmp_path / "run"), "supernet", "flash")
+    assert json.loads(open(os.path.join(out, "flash.json")).read())["blocks_done"] == [0]
+    after_block_0 = MobileBertForSequenceClassification.from_pretrained(os.path.join(out, "model")).state_dict()
+
+    def records(*args, blocks, supernet, **kwargs):
+        calls.append(list(blocks))
+        for name, value in supernet.state_dict().items():  # starts from the saved block-0 weights
+            torch.testing.assert_close(value, after_block_0[name], rtol=0, atol=0, msg=name)
+        return real(*args, blocks=blocks, supernet=supernet, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(flash_module, "train_supernet_flash", records)
+    _, result = run_autodistillation(context(tmp_path), teacher, dict(config(), flash_distillation=FLASH),
+                                     profile_func=fake_profile)
+    assert calls == [[1]] and result.best_model_arch is not None
+
+
 def test_a_supernet_cut_by_the_time_budget_is_resumed_from_its_checkpoint(tmp_path, teacher):
     cut = config(time_budget_s=1e-6)
     _, result = run_autodistillation(context(tmp_path), teacher, cut, profile_func=fake_profile)

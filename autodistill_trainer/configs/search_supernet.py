@@ -146,9 +146,15 @@ def check_supernet_recipe(strategy: str, student_class: str | None, regular_dist
                           flash_distillation: Any = None) -> None:
     """Refuse, before any training, a supernet search the built-in (OOB) pipeline cannot run.
 
+    A ``flash_distillation`` is run on the supernet, block by block, before its regular (sandwich) stage
+    (:func:`~autodistill_trainer.supernet.flash.train_supernet_flash`): the automatic criterion only
+    (``block_names`` and ``layer_mappings_for_knowledge_transfer`` ``auto``, attention KL + matched layer-output MSE),
+    one ``train_steps`` per supernet layer, the flash stage's ``learning_rate``.
+
     Raises:
         ConfigError: a student other than :data:`SUPERNET_STUDENT_CLASS`, no ``regular_distillation`` (the
-            supernet and the finalists are trained with it), or a ``flash_distillation`` (it would not be used).
+            supernet and the finalists are trained with it), or a ``flash_distillation`` key the supernet's flash
+            stages do not apply.
     """
     if strategy != "supernet":
         return
@@ -160,5 +166,23 @@ def check_supernet_recipe(strategy: str, student_class: str | None, regular_dist
         raise ConfigError("search.strategy: supernet trains the supernet and its finalists with regular_distillation, "
                           "and none is given: add auto_distillation.regular_distillation.")
     if flash_distillation is not None:
-        raise ConfigError("search.strategy: supernet trains the supernet and its finalists with regular_distillation "
-                          "only (no flash stages): remove auto_distillation.flash_distillation.")
+        check_supernet_flash(flash_distillation)
+
+
+def check_supernet_flash(flash: Any) -> None:
+    """Refuse a ``flash_distillation`` whose settings the supernet's flash stages would not apply (see
+    :func:`check_supernet_recipe`)."""
+    where = "auto_distillation.flash_distillation"
+    fixed = "with search.strategy: supernet, the flash stages distil every supernet layer with the automatic criterion"
+    if flash.block_names != "auto" or flash.layer_mappings != "auto":
+        key = "block_names" if flash.block_names != "auto" else "layer_mappings_for_knowledge_transfer"
+        raise ConfigError(f"{where}.{key}: {fixed} (attention KL + matched layer-output MSE); set it to auto or "
+                          "remove it.")
+    for key, default in (("loss_types", None), ("loss_weights", None), ("soft_freeze", None),
+                         ("add_origin_loss", False)):
+        if getattr(flash, key) != default:
+            raise ConfigError(f"{where}.{key}: {fixed}, which does not take {key}; remove it (got "
+                              f"{checks.shown(getattr(flash, key))}).")
+    if not isinstance(flash.train_steps, int) or isinstance(flash.train_steps, bool):
+        raise ConfigError(f"{where}.train_steps: {fixed}; give one positive int (steps per supernet layer), got "
+                          f"{checks.shown(flash.train_steps)}.")

@@ -1,5 +1,8 @@
 """The built-in (out-of-the-box) backend of the supernet strategy: a MobileBERT classifier supernet.
 
+* supernet flash (with a ``flash_distillation``): :func:`~autodistill_trainer.supernet.flash.train_supernet_flash`,
+  one stage per supernet layer, each saved when done under ``output_dir/supernet/flash`` (``flash.json``), so a rerun
+  runs the blocks left; its sub-network steps count in the supernet's compute;
 * supernet: :func:`~autodistill_trainer.supernet.training.train_supernet` (sandwich rule, regular distillation from
   the teacher, the teacher cache when there is one, read in the finalists' logit column so the teacher runs over the
   training set once) for ``search.supernet.train_steps`` steps under
@@ -31,6 +34,7 @@ from transformers import EvalPrediction, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..configs import AutoDistillationConfig
+from ..configs.search_supernet import check_supernet_flash
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..profiling import profile_model
@@ -42,14 +46,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["OOBSupernetBackend", "SUPERNET_STATE_FILENAME", "run_supernet_search"]
 
 SUPERNET_STATE_FILENAME = "supernet.json"
+FLASH_STATE_FILENAME = "flash.json"
 
 
 class _Deadline(TrainerCallback):
-    """Stop (and checkpoint) the supernet's training once ``time.monotonic()`` passes ``deadline``; under
-    ``torch.distributed`` every rank stops at the same step (the ranks' verdicts are max-reduced)."""
+    """Stop (and, with ``save``, checkpoint) the supernet's training once ``time.monotonic()`` passes ``deadline``;
+    under ``torch.distributed`` every rank stops at the same step (the ranks' verdicts are max-reduced)."""
 
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float | None, save: bool = True) -> None:
+        self.deadline, self.save = deadline, save
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.deadline is None:
@@ -59,7 +64,7 @@ class _Deadline(TrainerCallback):
             torch.distributed.all_reduce(late, op=torch.distributed.ReduceOp.MAX)
         if late.item() > 0:
             control.should_training_stop = True
-            control.should_save = True
+            control.should_save = self.save
         return control
 
 
@@ -87,6 +92,8 @@ class OOBSupernetBackend:
         if context.student_config is None:
             raise ConfigError("search.strategy: supernet needs the student's base config (OOBContext.student_config).")
         self.space = ElasticSpace(context.student_config, self.search.search_space)
+        if config.flash_distillation is not None:
+            check_supernet_flash(config.flash_distillation)
         self.regular = config.regular_distillation
         self.profile_func = profile_func or profile_model
         self.cost_model = cost_model or ArchCostModel(context.student_config, LatencyModel("in-memory", None))
@@ -103,7 +110,8 @@ class OOBSupernetBackend:
     # ------------------------------------------------------------------------------------------ supernet
 
     def train_supernet(self, deadline: float | None) -> dict[str, Any] | None:
-        """Reuse the saved supernet, or train (resuming its checkpoints); None when ``deadline`` cut it."""
+        """Reuse the saved supernet, or train it (flash stages first when configured, then the sandwich steps,
+        resuming whatever a killed or time-cut run completed); None when ``deadline`` cut it."""
         from transformers import MobileBertForSequenceClassification
 
         from ..supernet.training import logits_mapping, train_supernet
@@ -118,18 +126,25 @@ class OOBSupernetBackend:
             return info
         steps = self.sn.supernet_steps(self.regular.train_steps)
         args = self.context.args
+        checkpoint = get_last_checkpoint(self.directory) if os.path.isdir(self.directory) else None
+        flashed, flash_info = None, None
+        if self.config.flash_distillation is not None:
+            flash = self._flash(deadline, load_model=checkpoint is None)
+            if flash is None:
+                return None
+            flashed, flash_info = flash
         lr = self.regular.learning_rate or args.learning_rate
         sn_args = dataclasses.replace(args, output_dir=self.directory, learning_rate=lr, save_strategy="steps",
                                       save_steps=max(1, steps // 10), save_total_limit=1)
         t0 = time.monotonic()
-        checkpoint = get_last_checkpoint(self.directory) if os.path.isdir(self.directory) else None
         if checkpoint is not None:
             logger.info("supernet training resumes from %s", checkpoint)
         result = train_supernet(
             self.space, self.teacher, sn_args, self.context.train_dataset, self.context.data_collator, steps=steps,
             num_random=self.sn.num_random, temperature=self.regular.temperature,
-            inplace_distillation=self.sn.inplace_distillation,
-            init_embeddings_from_teacher=self.init_embeddings, teacher_cache=self.context.teacher_cache,
+            inplace_distillation=self.sn.inplace_distillation, supernet=flashed,
+            init_embeddings_from_teacher=self.init_embeddings and flash_info is None,
+            teacher_cache=self.context.teacher_cache,
             teacher_logits=logits_mapping(self.teacher, self.regular.mappings()),
             callbacks=[*(self.context.callbacks or []), _Deadline(deadline)],
             processing_class=self.context.processing_class, resume_from_checkpoint=checkpoint,
@@ -141,10 +156,63 @@ class OOBSupernetBackend:
             return None
         info = {"steps": int(result.steps), "subnet_steps": int(result.subnet_steps),
                 "wall_s": round(float(getattr(result, "wall_s", time.monotonic() - t0)), 3)}
+        if flash_info is not None:  # flash sub-network steps count as student steps, like the sandwich's
+            info["flash"] = flash_info
+            info["subnet_steps"] += int(flash_info["subnet_steps"])
+            info["wall_s"] = round(info["wall_s"] + float(flash_info["wall_s"]), 3)
         if args.process_index == 0:
             result.supernet.save_pretrained(model_dir)
             atomic_write_json(state_path, info)
         return info
+
+    def _flash(self, deadline: float | None, load_model: bool) -> tuple[torch.nn.Module | None, dict] | None:
+        """The supernet's flash stages, one per layer, each saved when done (``supernet/flash/model`` and
+        ``flash.json``: blocks done, steps, sub-network steps, wall seconds), so a rerun runs only the blocks left.
+        Returns (the flashed supernet, or None when ``load_model`` is false and every block is done; the state), or
+        None when ``deadline`` cut a block."""
+        from transformers import MobileBertForSequenceClassification
+
+        from ..supernet.extract import build_supernet
+        from ..supernet.flash import train_supernet_flash
+
+        flash = self.config.flash_distillation
+        args = self.context.args
+        directory = os.path.join(self.directory, "flash")
+        state_path, model_dir = os.path.join(directory, FLASH_STATE_FILENAME), os.path.join(directory, "model")
+        state = {"blocks_done": [], "steps": 0, "subnet_steps": 0, "wall_s": 0.0}
+        if os.path.exists(state_path):
+            with open(state_path) as fh:
+                state = json.load(fh)
+        depth = int(self.space.largest().get("num_hidden_layers", self.space.base_config.num_hidden_layers))
+        left = [block for block in range(depth) if block not in state["blocks_done"]]
+        if not left and not load_model:
+            return None, state
+        if state["blocks_done"]:
+            supernet = MobileBertForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager")
+            logger.info("supernet flash: blocks %s reused from %s", state["blocks_done"], model_dir)
+        else:
+            supernet = build_supernet(self.space, seed=args.seed)
+        fl_args = dataclasses.replace(args, output_dir=directory, save_strategy="no",
+                                      learning_rate=flash.learning_rate or args.learning_rate)
+        for block in left:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            result = train_supernet_flash(
+                self.space, self.teacher, fl_args, self.context.train_dataset, self.context.data_collator,
+                steps_per_block=int(flash.train_steps), num_random=self.sn.num_random, blocks=[block],
+                init_embeddings_from_teacher=self.init_embeddings, supernet=supernet,
+                callbacks=[*(self.context.callbacks or []), _Deadline(deadline, save=False)],
+                processing_class=self.context.processing_class)
+            if result.steps < int(flash.train_steps):
+                logger.info("supernet flash stopped in block %d (time budget); a rerun redoes that block", block)
+                return None
+            state = {"blocks_done": [*state["blocks_done"], block], "steps": state["steps"] + int(result.steps),
+                     "subnet_steps": state["subnet_steps"] + int(result.subnet_steps),
+                     "wall_s": round(float(state["wall_s"]) + float(result.wall_s), 3)}
+            if args.process_index == 0:
+                supernet.save_pretrained(model_dir)
+                atomic_write_json(state_path, state)
+        return supernet, state
 
     # ------------------------------------------------------------------------------------- candidates
 

@@ -11,7 +11,7 @@ through a matcher, and the teacher layer's output, both over real (unpadded) pos
 **Matchers per sub-width.** One ``Linear(supernet hidden_size, teacher hidden_size)`` per stage; a sub-network of
 width ``h`` uses its first ``h`` input columns, so matchers nest like every other weight, and the largest
 sub-network (in every step) reaches all of it, as DDP requires. The teacher runs live (attention maps are not
-cached); it must use eager attention.
+cached), switched to eager attention for the stages when it runs another implementation (restored afterwards).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from transformers import TrainingArguments
 
 from ..auto_mappings import uniform_layer_map
 from ..console import label_stage_output
-from ..criterion_setup import align_heads, real_positions
+from .. import module_overrides
+from ..criterion_setup import align_heads, hold_eager_attention, real_positions
 from ..embedding_init import TeacherEmbeddingProjection
 from ..embedding_init import init_embeddings_from_teacher as _init_embeddings
 from ..errors import ConfigError
@@ -175,6 +176,7 @@ def train_supernet_flash(
     layer_map = uniform_layer_map(depth, teacher.config.num_hidden_layers)
     start, steps, subnet_steps = time.perf_counter(), 0, 0
     teacher_was_training = teacher.training
+    eager = hold_eager_attention(teacher, "teacher", needed=True)  # attention maps exist only in eager attention
     try:
         with requires_grad_restored(supernet, teacher):
             teacher.eval().requires_grad_(False)
@@ -197,6 +199,8 @@ def train_supernet_flash(
                 subnet_steps += _deep_subnets(sampler, space, block, output.global_step)
     finally:
         teacher.train(teacher_was_training)
+        if eager:
+            module_overrides.release(teacher, "attn_implementation")
     check_finite_parameters(supernet)
     wall = time.perf_counter() - start
     logger.info("Supernet flash-distilled: %d blocks, %d steps in %.1fs", len(blocks), steps, wall)
