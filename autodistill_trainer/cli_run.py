@@ -32,7 +32,7 @@ from .deploy.runtimes import DeploymentPlan, fingerprint_with_runtime, plan_depl
 from .deploy.summary import LatencyProtocol, add_speedups, measure_deployment
 from .metrics import build_compute_metrics, build_preprocess_logits_for_metrics
 from .recipe import Recipe
-from .report import plot_pareto_front, write_model_card, write_results_table
+from .report import plot_pareto_front, split_screened, write_model_card, write_results_table
 from .guards import teacher_in_dtype
 from .schedule import plan_stages
 from .search import AutoDistillationResult
@@ -176,12 +176,12 @@ def run(recipe: Recipe) -> int:
             baseline_metrics["latency"] = deployed["baseline_without_distillation"]["latency_by_runtime"][
                 deployment.latency_runtime]
         write_results_table(result.rows, output_dir)
-        full_rows = [r for r in result.rows if (r["fidelity"] == "final" if "fidelity" in r  # supernet: finals only
-                                                else r.get("budget", 1.0) >= 1)]  # multi-fidelity: lower rungs out
+        full_rows, screened, screened_label = split_screened(result.rows)  # proxies / lower rungs: faint, off the front
         plot_pareto_front(
             full_rows, os.path.join(output_dir, "pareto_front.png"),
             pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key, selected=best_row["number"],
-            x_label=f"Latency (ms): {protocol.describe(deployment.latency_runtime)}",
+            x_label=f"Latency (ms): {protocol.describe(deployment.latency_runtime)}", screened=screened,
+            screened_label=screened_label,
             teacher={"latency": teacher_metrics["latency"], score_key: teacher_metrics.get(score_key),
                      "label": "teacher"},
             baseline=baseline_metrics and {"latency": baseline_metrics["latency"], score_key:

@@ -133,6 +133,18 @@ def write_results_table(rows: list[dict], output_dir: PathLike) -> tuple[Path, P
 # --------------------------------------------------------------------------------------------------- Pareto plot
 
 
+def split_screened(rows: list[dict]) -> tuple[list[dict], list[dict], str]:
+    """(full-budget rows, screened rows, their legend label): a supernet search's finalists vs its proxies
+    (inherited weights, predicted latency), a multi-fidelity search's top-rung rows vs its lower rungs."""
+    def full(row: dict) -> bool:
+        return row["fidelity"] == "final" if "fidelity" in row else row.get("budget", 1.0) >= 1
+
+    proxies = any(r.get("fidelity") == "proxy" for r in rows)
+    label = ("sub-networks with inherited weights, predicted latency" if proxies
+             else "lower-rung trainings (part of the budget)")
+    return [r for r in rows if full(r)], [r for r in rows if not full(r)], label
+
+
 def _axis_label(metric: str) -> str:
     return _AXIS_LABELS.get(metric, metric.replace("_", " ").capitalize())
 
@@ -172,6 +184,8 @@ def plot_pareto_front(
     baseline: Optional[dict] = None,
     selected: Optional[int] = None,
     x_label: Optional[str] = None,
+    screened: Optional[list[dict]] = None,
+    screened_label: str = "screened",
 ) -> Path:
     """Plot every trained trial (x: ``x_metric``, y: ``y_metric``) and its Pareto front; save a PNG.
 
@@ -182,6 +196,9 @@ def plot_pareto_front(
         baseline: the same for a student trained without distillation, drawn as a labelled diamond.
         selected: the trial number of the selected (exported) student, circled and labelled "selected".
         x_label: the x axis label (default from ``x_metric``), e.g. the latency's runtime and protocol.
+        screened: rows the search only screened (a supernet search's proxies, a multi-fidelity search's lower
+            rungs), drawn as small faint points behind the trials, never on the front; ``screened_label`` names them
+            in the legend (with their count).
 
     Returns:
         The PNG path.
@@ -196,6 +213,10 @@ def plot_pareto_front(
     fig = Figure(figsize=(7.5, 5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    background = _plotted_points(screened or [], x_metric, y_metric)
+    if background:
+        ax.scatter([p[1] for p in background], [p[2] for p in background], s=9, color="tab:purple", alpha=0.25,
+                   linewidths=0, label=f"{screened_label} ({len(background)})", zorder=1)
     if others:
         ax.scatter([p[1] for p in others], [p[2] for p in others], s=30, color="tab:gray", alpha=0.6,
                    label=f"trials ({len(points)} trained)", zorder=2)
@@ -239,7 +260,8 @@ def plot_pareto_front(
         ax.text(0.5, 0.5, "no trained trials", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
     fig.savefig(output_path, format="png")
-    logger.info("Wrote Pareto plot (%d trials, %d on the front) to %s", len(points), len(front), output_path)
+    logger.info("Wrote Pareto plot (%d trials, %d on the front, %d screened) to %s", len(points), len(front),
+                len(background), output_path)
     return output_path
 
 
@@ -269,9 +291,10 @@ def write_search_reports(
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_results_table(result.rows, output_dir)
     selected = result.best_row["number"] if result.best_row else None
+    full, screened, screened_label = split_screened(result.rows)
     written = {"csv": csv_path, "markdown": md_path, "plot": plot_pareto_front(
-        [r for r in result.rows if r.get("fidelity", "final") == "final"],  # supernet search: no proxy on the plot
-        output_dir / "pareto_front.png", y_metric=score_key, selected=selected,
+        full, output_dir / "pareto_front.png", y_metric=score_key, selected=selected, screened=screened,
+        screened_label=screened_label,
         pareto_numbers=[row["number"] for row in result.pareto_front],
         teacher=teacher and {"latency": teacher.get("latency"), score_key: teacher.get(score_key), "label": "teacher"},
     )}

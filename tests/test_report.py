@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import logging
 import subprocess
 import sys
 
 from huggingface_hub import ModelCard
 
-from autodistill_trainer.report import front_numbers, plot_pareto_front, write_model_card, write_results_table
+from autodistill_trainer.report import (
+    front_numbers, plot_pareto_front, split_screened, write_model_card, write_results_table,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -78,6 +81,29 @@ def test_pareto_plot_is_a_png(tmp_path):
         baseline={"latency": 2.2, "accuracy": 0.754, "label": "baseline"},
     )
     assert path == tmp_path / "sub" / "pareto.png" and path.read_bytes()[:8] == PNG
+
+
+def test_screened_rows_are_split_from_full_budget_rows_by_fidelity_or_budget():
+    supernet = [dict(r, fidelity="final" if r["number"] < 2 else "proxy") for r in _rows()]
+    full, screened, label = split_screened(supernet)
+    assert [r["number"] for r in full] == [0, 1] and [r["number"] for r in screened] == [2, 3, 4]
+    assert label.startswith("sub-networks with inherited weights")
+    rungs = [dict(r, budget=1.0 if r["number"] % 2 else 0.25) for r in _rows()]
+    full, screened, label = split_screened(rungs)
+    assert [r["number"] for r in full] == [1, 3] and [r["number"] for r in screened] == [0, 2, 4]
+    assert label.startswith("lower-rung")
+    full, screened, _ = split_screened(_rows())  # a plain search screens nothing
+    assert len(full) == len(_rows()) and screened == []
+
+
+def test_the_plot_draws_screened_rows_behind_the_front_without_moving_it(tmp_path, caplog):
+    rows = _rows()
+    proxies = [{"number": 100 + i, "status": "trained", "metrics": {"accuracy": 0.9, "latency": 0.5 + i}}
+               for i in range(3)]  # better than every trial: would be on the front if they counted
+    with caplog.at_level(logging.INFO, logger="autodistill_trainer.report"):
+        path = plot_pareto_front(rows, tmp_path / "p.png", screened=proxies, screened_label="proxies")
+    assert path.read_bytes()[:8] == PNG
+    assert "(4 trials, 3 on the front, 3 screened)" in caplog.text
 
 
 def test_plotting_leaves_matplotlib_global_state_alone(tmp_path):
