@@ -38,8 +38,8 @@ class DistillationTrainer(StageTrainer):
         The configs are parsed here, once (any form of :func:`~autodistill_trainer.configs.parse_distillation`).
         Each stage is a fresh :class:`~autodistill_trainer.stage_trainer.StageTrainer` with its own criterion,
         optimizer and scheduler, using this trainer's teacher, arguments, datasets, collator, processing class,
-        metrics and callbacks (see :func:`autodistill_trainer.schedule.run_distillation` for how
-        ``eval_strategy`` applies to stages). This trainer's own criterion captures nothing meanwhile. Returns
+        metrics, callbacks and ``labelled_fraction`` (see :func:`autodistill_trainer.schedule.run_distillation` for
+        how ``eval_strategy`` applies to stages). This trainer's own criterion captures nothing meanwhile. Returns
         one :class:`~autodistill_trainer.schedule.StageResult` per stage (losses, steps, time).
         """
         flash, regular = parse_distillation(flash_distillation, regular_distillation)
@@ -61,6 +61,7 @@ class DistillationTrainer(StageTrainer):
             "eval_dataset": self.eval_dataset,
             "compute_metrics": self.compute_metrics,
             "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
+            "labelled_fraction": getattr(self, "labelled_fraction", None),
         }
 
     # ------------------------------------------------------------------ search

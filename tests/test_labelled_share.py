@@ -174,3 +174,21 @@ def test_run_distillation_gives_every_stage_batches_of_the_labelled_fraction(tmp
                      labelled_fraction=0.5)
     assert len(seen) >= 5  # 5 steps (the dataloader may collate one batch ahead)
     assert all(sum(label != -100 for label in labels) == 2 for labels in seen)
+
+
+def test_distill_gives_its_stages_the_trainers_labelled_fraction(tmp_path, bert_teacher):
+    from autodistill_trainer import DistillationTrainer
+
+    seen: list[list[int]] = []
+
+    def recording_collator(features):
+        batch = pad_collator(features)
+        seen.append(batch["labels"].tolist())
+        return batch
+
+    data = _mixed_rows(labelled=8, unlabelled=40)
+    trainer = DistillationTrainer(model=_student(), teacher_model=bert_teacher, criterion=LOGITS_KL,
+                                  args=_args(tmp_path), train_dataset=data, data_collator=recording_collator)
+    trainer.labelled_fraction = 0.5
+    trainer.distill(regular_distillation={"train_steps": 4})
+    assert len(seen) >= 4 and all(sum(label != -100 for label in labels) == 2 for labels in seen)
