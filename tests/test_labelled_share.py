@@ -160,35 +160,34 @@ def test_a_stage_trainer_with_a_labelled_fraction_trains_on_batches_of_that_shar
     assert sorted(evaluated.tolist()) == sorted(data["labels"])  # evaluation: every row once (the Trainer's order)
 
 
-def test_run_distillation_gives_every_stage_batches_of_the_labelled_fraction(tmp_path, bert_teacher):
-    seen: list[list[int]] = []
+class LabelRecorder:
+    """A collator that pads and keeps each batch's labels."""
 
-    def recording_collator(features):
+    def __init__(self) -> None:
+        self.seen: list[list[int]] = []
+
+    def __call__(self, features):
         batch = pad_collator(features)
-        seen.append(batch["labels"].tolist())
+        self.seen.append(batch["labels"].tolist())
         return batch
 
+
+def test_run_distillation_gives_every_stage_batches_of_the_labelled_fraction(tmp_path, bert_teacher):
+    recorder = LabelRecorder()
     data = _mixed_rows(labelled=8, unlabelled=40)
     run_distillation(_student(), bert_teacher, _args(tmp_path, max_steps=1), data,
-                     regular_distillation={"train_steps": 5}, data_collator=recording_collator,
-                     labelled_fraction=0.5)
-    assert len(seen) >= 5  # 5 steps (the dataloader may collate one batch ahead)
-    assert all(sum(label != -100 for label in labels) == 2 for labels in seen)
+                     regular_distillation={"train_steps": 5}, data_collator=recorder, labelled_fraction=0.5)
+    assert len(recorder.seen) >= 5  # 5 steps (the dataloader may collate one batch ahead)
+    assert all(sum(label != -100 for label in labels) == 2 for labels in recorder.seen)
 
 
 def test_distill_gives_its_stages_the_trainers_labelled_fraction(tmp_path, bert_teacher):
     from autodistill_trainer import DistillationTrainer
 
-    seen: list[list[int]] = []
-
-    def recording_collator(features):
-        batch = pad_collator(features)
-        seen.append(batch["labels"].tolist())
-        return batch
-
+    recorder = LabelRecorder()
     data = _mixed_rows(labelled=8, unlabelled=40)
     trainer = DistillationTrainer(model=_student(), teacher_model=bert_teacher, criterion=LOGITS_KL,
-                                  args=_args(tmp_path), train_dataset=data, data_collator=recording_collator)
+                                  args=_args(tmp_path), train_dataset=data, data_collator=recorder)
     trainer.labelled_fraction = 0.5
     trainer.distill(regular_distillation={"train_steps": 4})
-    assert len(seen) >= 4 and all(sum(label != -100 for label in labels) == 2 for labels in seen)
+    assert len(recorder.seen) >= 4 and all(sum(label != -100 for label in labels) == 2 for labels in recorder.seen)
