@@ -18,7 +18,8 @@ fresh ``output_dir`` each. Per seed (the search seed only; the data split keeps 
    architecture trained standalone for the same steps (the finalists are added to the tau set for this).
 5. **Equal compute**: plain and multi-fidelity searches with ``max_trials`` = the supernet run's total FTE (rounded
    up); hypervolume of each measured front (``search_efficiency.hypervolume``, reference ``(--ref-accuracy,
-   --ref-latency-ms)``) and the most accurate student within ``--latency-budget-ms``.
+   --ref-latency-ms)``) and the most accurate student within ``--latency-budget-ms`` (default: 15% of the
+   teacher's latency as the run measured it, the issue's budget).
 
     python bench/supernet_search.py [--seeds 0 1 2] [--tau-archs 8] [--teacher-dir DIR]
     python bench/supernet_search.py --smoke     # tiny settings: checks the mechanics only (minutes)
@@ -70,10 +71,18 @@ def front_points(data: dict) -> list[tuple[float, float]]:
     return [(float(r["metrics"]["accuracy"]), float(r["metrics"]["latency"])) for r in rows]
 
 
-def quality(data: dict, args: argparse.Namespace) -> dict:
+def latency_budget(out: str, args: argparse.Namespace) -> float:
+    """``--latency-budget-ms``, else 15% of the teacher's latency as the run measured it (``summary.json``)."""
+    if args.latency_budget_ms is not None:
+        return args.latency_budget_ms
+    path = os.path.join(out, "summary.json")  # absent when the run trained nothing: no student within any budget
+    return 0.15 * float(json.load(open(path))["teacher"]["latency"]) if os.path.isfile(path) else float("nan")
+
+
+def quality(data: dict, args: argparse.Namespace, budget_ms: float) -> dict:
     points = front_points(data)
-    within = [p for p in points if p[1] <= args.latency_budget_ms]
-    return {"hypervolume": hypervolume(points, args.ref_accuracy, args.ref_latency_ms),
+    within = [p for p in points if p[1] <= budget_ms]
+    return {"hypervolume": hypervolume(points, args.ref_accuracy, args.ref_latency_ms), "budget_ms": budget_ms,
             "best_within_budget": max(within)[0] if within else None, "finals": len(points)}
 
 
@@ -93,7 +102,7 @@ def run_strategy(kind: str, seed: int, args: argparse.Namespace, teacher: str, m
     data = json.load(open(path))
     trained = [r for r in data["trials"] if r["status"] in ("trained", "failed")]
     return {"kind": kind, "seed": seed, "wall_s": wall, "cpu_s": cpu, "data": data, "evaluated": len(trained),
-            **quality(data, args)}
+            **quality(data, args, latency_budget(out, args))}
 
 
 def spread(rows: list[dict], n: int) -> list[dict]:
@@ -174,7 +183,8 @@ def main() -> int:
     parser.add_argument("--min-fraction", type=float, default=0.111)
     parser.add_argument("--ref-accuracy", type=float, default=0.5, help="hypervolume reference accuracy")
     parser.add_argument("--ref-latency-ms", type=float, default=10.0, help="hypervolume reference latency")
-    parser.add_argument("--latency-budget-ms", type=float, default=3.0)
+    parser.add_argument("--latency-budget-ms", type=float, default=None,
+                        help="default: 15%% of the teacher's latency as each run measured it")
     parser.add_argument("--teacher-dir", default=None)
     parser.add_argument("--teacher-steps", type=int, default=60)
     parser.add_argument("--work", default="/tmp/bench_supernet_search")
@@ -200,7 +210,7 @@ def main() -> int:
         fte = summary["compute_fte"]["total"]
         print(f"seed {seed} supernet: {summary['proxies_evaluated']} proxies, {summary['finalists_trained']} "
               f"finalists, compute {fte:.2f} FTE {summary['compute_fte']}, wall {sn['wall_s']:.0f} s, cpu "
-              f"{sn['cpu_s']:.0f} s, hypervolume {sn['hypervolume']:.4f}, best <= {args.latency_budget_ms:g} ms "
+              f"{sn['cpu_s']:.0f} s, hypervolume {sn['hypervolume']:.4f}, best <= {sn['budget_ms']:.2f} ms "
               f"{sn['best_within_budget']}", flush=True)
         equal = max(1, math.ceil(fte - 1e-9))
         others = {}
@@ -209,7 +219,7 @@ def main() -> int:
             others[kind] = run_strategy(kind, seed, args, teacher, trials)
             o = others[kind]
             print(f"seed {seed} {kind} (max_trials {trials}): {o['evaluated']} evaluated, wall {o['wall_s']:.0f} s, "
-                  f"cpu {o['cpu_s']:.0f} s, hypervolume {o['hypervolume']:.4f}, best <= {args.latency_budget_ms:g} "
+                  f"cpu {o['cpu_s']:.0f} s, hypervolume {o['hypervolume']:.4f}, best <= {o['budget_ms']:.2f} "
                   f"ms {o['best_within_budget']}", flush=True)
         rate_sn = (summary["proxies_evaluated"] + summary["finalists_trained"]) / (sn["cpu_s"] / 3600)
         rate_plain = others["plain"]["evaluated"] / (others["plain"]["cpu_s"] / 3600)
