@@ -64,6 +64,7 @@ def run(recipe: Recipe) -> int:
         # Without use_cpu, accelerate runs CPU processes without DDP: ranks would drift apart.
         training = dataclasses.replace(training, use_cpu=True)
     output_dir, is_main = training.output_dir, training.process_index == 0
+    cache_dir = data.cache_dir or os.path.join(output_dir, "cache")  # tokenized splits, teacher outputs
 
     # 1. Output directory: checked, locked and bound to this run's inputs before anything heavy is loaded.
     fingerprint = fingerprint_with_runtime(run_fingerprint(data, teacher_args, config.search),
@@ -71,7 +72,7 @@ def run(recipe: Recipe) -> int:
     with _claimed_output_dir(output_dir, fingerprint, is_main):
         set_seed(training.seed)
 
-        # 2. Data, the teacher's tokenizer, tokenized data (cached in output_dir).
+        # 2. Data, the teacher's tokenizer, tokenized data (cached in cache_dir).
         with training.main_process_first(desc="loading data"):
             raw, label_names = task.load_data(data, training.seed)
             if data.unlabeled_file:  # KD terms only (label -100): never in the validation split or the baseline
@@ -82,7 +83,7 @@ def run(recipe: Recipe) -> int:
         teacher_source = teacher_args.model_name_or_path or teacher_args.pretrained_encoder
         tokenizer = load_tokenizer(teacher_source, trust_remote_code=teacher_args.trust_remote_code)
         with training.main_process_first(desc="tokenizing"):
-            tokenized = tokenize_dataset(raw, tokenizer, data.max_length, cache_dir=os.path.join(output_dir, "cache"))
+            tokenized = tokenize_dataset(raw, tokenizer, data.max_length, cache_dir=cache_dir)
         collator = task.build_collator(tokenizer)
         compute_metrics = build_compute_metrics(evaluation.metrics,
                                                 trust_remote_code=evaluation.trust_remote_code)
@@ -130,7 +131,7 @@ def run(recipe: Recipe) -> int:
         teacher_cache = None
         if teacher_args.cache_outputs and task.caches_teacher_outputs:
             teacher_cache = TeacherOutputCache(
-                teacher, os.path.join(output_dir, "cache"), collator, max_bytes=teacher_args.cache_max_gb * 1e9,
+                teacher, cache_dir, collator, max_bytes=teacher_args.cache_max_gb * 1e9,
                 batch_size=training.per_device_eval_batch_size, main_process_first=training.main_process_first,
                 disable_tqdm=bool(training.disable_tqdm),
             )
@@ -141,7 +142,7 @@ def run(recipe: Recipe) -> int:
         # split plus unlabelled rows (data.unlabeled_file, data.augmentation) for the KD terms.
         with training.main_process_first(desc="distillation data"):
             distill_train = distillation_train_data(raw, tokenized, data, tokenizer, teacher,
-                                                    cache_dir=os.path.join(output_dir, "cache"))
+                                                    cache_dir=cache_dir)
         cost_model = None  # MobileBERT students: costs known before building, latency learnt (latency_model.json)
         if recipe.model.student_class == "MobileBertForSequenceClassification":
             cost_model = ArchCostModel.for_output_dir(base_config, output_dir, dataclasses.asdict(protocol),

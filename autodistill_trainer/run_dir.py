@@ -124,11 +124,12 @@ def _file_digest(path: str) -> str:
 def run_fingerprint(data_args: Any, teacher: Any, search: Any) -> dict[str, Any]:
     """What a study, its teacher and its caches belong to: one JSON-able dict per component.
 
-    ``data``: the data section (``DataArguments``) with the content hash of each local file; ``teacher``
-    (``TeacherArguments``): its source and fine-tuning arguments; ``task``; ``search_space`` and ``objectives``
-    (metrics and directions) of ``search`` (a ``SearchConfig``).
+    ``data``: the data section (``DataArguments``, but ``cache_dir``) with the content hash of each local file;
+    ``teacher`` (``TeacherArguments``): its source and fine-tuning arguments; ``task``; ``search_space`` and
+    ``objectives`` (metrics and directions) of ``search`` (a ``SearchConfig``).
     """
     data = dict(vars(data_args))
+    data.pop("cache_dir", None)  # where caches live changes no result
     for key in ("train_file", "validation_file"):
         if data.get(key) and os.path.isfile(data[key]):
             data[f"{key}_sha256"] = _file_digest(data[key])

@@ -131,3 +131,15 @@ def test_smoke_recipe_under_accelerate_with_two_processes(tmp_path):
     results = json.loads((tmp_path / "search_results.json").read_text())
     assert sum(t["state"] == "COMPLETE" for t in results["trials"]) == 2
     assert (tmp_path / "best_model" / "model.safetensors").is_file()
+
+
+def test_a_run_given_another_runs_cache_dir_reuses_its_tokens_and_teacher_outputs(smoke_run, tmp_path):
+    out, first = smoke_run
+    assert "Computing teacher outputs" in first.stderr
+    again = tmp_path / "again"
+    run = run_cli(str(SMOKE), "--output_dir", str(again), "--data.cache_dir", str(out / "cache"), "--max_trials", "1",
+                  "--baseline.enabled", "false", "--auto_distillation.evaluation.export_onnx", "false")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # the same data, tokenizer and (deterministically fine-tuned) teacher weights: the first run's files are read
+    assert "Computing teacher outputs" not in run.stderr and "Training steps read the cached teacher" in run.stderr
+    assert not (again / "cache").exists()

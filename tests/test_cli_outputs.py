@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 import run_autodistill  # noqa: E402
 from autodistill_trainer import tasks  # noqa: E402
 from autodistill_trainer.cli_summary import format_summary, majority_class_rate, no_trained_message  # noqa: E402
-from autodistill_trainer.configs.autodistillation import AutoDistillationConfig  # noqa: E402
 from autodistill_trainer.recipe import load_recipe  # noqa: E402
 from autodistill_trainer.run_dir import (  # noqa: E402
     LOCK_FILE, MARKER_FILE, NonFiniteModelError, OutputDirError, OutputDirLock, claim_output_dir, commit_output_dir,
@@ -44,11 +43,7 @@ def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
 
 def _fingerprint(recipe_path: Path, *overrides: str) -> dict:
     recipe = load_recipe(str(recipe_path), list(overrides))
-    # TODO(merge): recipe.autodistillation.search once Recipe has the typed field
-    typed = getattr(recipe, "autodistillation", None)
-    typed = typed or AutoDistillationConfig.from_design(recipe.autodistillation_config)
-    search = typed.search
-    return run_fingerprint(recipe.data, recipe.teacher, search)
+    return run_fingerprint(recipe.data, recipe.teacher, recipe.autodistillation.search)
 
 
 def _csv(path: Path, labels: list[str], label_column: str = "label") -> Path:
@@ -127,6 +122,7 @@ def test_fingerprint_follows_file_contents_and_search_objectives(tmp_path):
     args = ("--data.dataset_name", "null", "--data.train_file", str(data), "--data.validation_file", str(data))
     first = _fingerprint(SMOKE, *args)
     assert _fingerprint(SMOKE, *args, "--max_trials", "7") == first  # more trials: the same study
+    assert _fingerprint(SMOKE, *args, "--data.cache_dir", str(tmp_path / "shared")) == first  # caches: where they live
     _csv(data, ["neg", "pos", "mixed"])  # same path, new content
     changed = _fingerprint(SMOKE, *args)
     assert changed["data"]["train_file_sha256"] != first["data"]["train_file_sha256"]

@@ -108,6 +108,8 @@ def test_regular_config_checks_itself():
     (DataArguments, {"task": "ner"}, "data.task 'ner' is not supported; use one of ['text-classification', "),
     (DataArguments, {"max_length": 4}, "data.max_length must be an integer in [5, 8192]"),
     (DataArguments, {"validation_split_size": 1.5}, "data.validation_split_size must be a share in (0, 1)"),
+    (DataArguments, {"cache_dir": ""}, "data.cache_dir"),
+    (DataArguments, {"cache_dir": __file__}, "is a file; give a directory (it is created when missing)"),
     (EvaluationArguments, {"metrics": []}, "auto_distillation.evaluation.metrics must be a non-empty list"),
     (EvaluationArguments, {"latency_num_threads": 0}, "latency_num_threads must be a positive integer of at most"),
     (EvaluationArguments, {"trust_remote_code": 1}, "trust_remote_code must be true or false, got 1."),

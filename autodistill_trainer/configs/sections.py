@@ -7,6 +7,8 @@ before construction); checks that need the outside world (paths, models, install
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -159,6 +161,9 @@ class DataArguments:
             (:class:`~autodistill_trainer.configs.augmentation.AugmentationArguments`).
         labelled_fraction: with unlabelled rows, the labelled share of every distillation batch, in (0, 1)
             (:mod:`~autodistill_trainer.labelled_share`); default: the train set's share, shuffled.
+        cache_dir: where tokenized splits, distillation rows and teacher outputs are cached (default
+            ``output_dir/cache``). Runs on the same data and teacher may share one: every file is keyed by its
+            inputs and written atomically under a lock. Not part of the run's fingerprint.
     """
 
     task: Literal["text-classification", "pretraining"] = field(
@@ -198,6 +203,11 @@ class DataArguments:
                           "batch, in (0, 1) (round(fraction * batch) labelled rows, the rest unlabelled). Default: "
                           "the train set's own share, shuffled."},
     )
+    cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where tokenized splits and teacher outputs are cached (default: output_dir/cache); runs "
+                          "on the same data and teacher may share one (files are keyed by their inputs)."},
+    )
 
     def __post_init__(self) -> None:
         if self.task not in DATA_TASKS:
@@ -209,6 +219,10 @@ class DataArguments:
         checks.positive_int(self.max_train_samples, "data.max_train_samples", optional=True)
         checks.positive_int(self.max_eval_samples, "data.max_eval_samples", optional=True)
         checks.non_empty_str(self.unlabeled_file, "data.unlabeled_file", optional=True)
+        checks.non_empty_str(self.cache_dir, "data.cache_dir", optional=True)
+        if self.cache_dir is not None and os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
+            raise ConfigError(f"data.cache_dir {checks.shown(self.cache_dir)} is a file; give a directory (it is "
+                              "created when missing) or remove the key.")
         if self.augmentation is not None:
             self.augmentation = AugmentationArguments.from_value(self.augmentation)
         share = self.labelled_fraction
