@@ -87,16 +87,24 @@ def quality(data: dict, args: argparse.Namespace, budget_ms: float) -> dict:
 
 
 def run_strategy(kind: str, seed: int, args: argparse.Namespace, teacher: str, max_trials: int | None = None) -> dict:
+    """One CLI run of ``kind`` (its exit status, wall and CPU seconds kept in ``<out>.run.json``); with ``--reuse``,
+    a finished run of the same name is read instead of run again."""
     out = os.path.join(args.work, f"{kind}-seed{seed}")
-    shutil.rmtree(out, ignore_errors=True)
-    extra: list[str] = []
-    if kind != "supernet":
-        extra = [f"{SEARCH}supernet", "null", f"{SEARCH}strategy", kind, f"{SEARCH}max_trials", str(max_trials)]
-        if kind == "multi_fidelity":
-            extra += [f"{SEARCH}multi_fidelity", f"{{min_fraction: {args.min_fraction}, reduction_factor: 3}}"]
-    rc, wall, cpu = timed_cli([RECIPE, "--output_dir", out, f"{SEARCH}seed", str(seed), *common_args(args, teacher),
-                               *extra], out + ".log")
-    path = os.path.join(out, "search_results.json")
+    path, record = os.path.join(out, "search_results.json"), out + ".run.json"
+    if args.reuse and os.path.isfile(path) and os.path.isfile(record):
+        run = json.load(open(record))
+        rc, wall, cpu = run["rc"], run["wall_s"], run["cpu_s"]
+        print(f"    {kind} seed {seed}: reusing {out} ({record})", flush=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        extra: list[str] = []
+        if kind != "supernet":
+            extra = [f"{SEARCH}supernet", "null", f"{SEARCH}strategy", kind, f"{SEARCH}max_trials", str(max_trials)]
+            if kind == "multi_fidelity":
+                extra += [f"{SEARCH}multi_fidelity", f"{{min_fraction: {args.min_fraction}, reduction_factor: 3}}"]
+        rc, wall, cpu = timed_cli([RECIPE, "--output_dir", out, f"{SEARCH}seed", str(seed),
+                                   *common_args(args, teacher), *extra], out + ".log")
+        json.dump({"rc": rc, "wall_s": wall, "cpu_s": cpu}, open(record, "w"))
     if rc not in (0, 1) or not os.path.isfile(path):
         raise RuntimeError(f"{kind} seed {seed}: rc {rc}; see {out}.log")
     data = json.load(open(path))
@@ -116,16 +124,13 @@ def spread(rows: list[dict], n: int) -> list[dict]:
 def standalone(arch: dict, steps: int, seed: int, args: argparse.Namespace, teacher: str) -> float | None:
     """Accuracy of ``arch`` trained by the plain pipeline for ``steps`` regular-distillation steps.
 
-    The run's ``cache`` is the seed's supernet run's (a symlink): same data and teacher, so the tokenized splits and
-    the teacher's logits are read, not recomputed (these runs are not timed).
+    The run's ``data.cache_dir`` is the seed's supernet run's cache: same data and teacher, so the tokenized splits
+    and the teacher's logits are read, not recomputed (these runs are not timed).
     """
     name = "-".join(f"{v}" for v in arch.values())
     out = os.path.join(args.work, f"standalone-seed{seed}-{name}")
     shutil.rmtree(out, ignore_errors=True)
     shared = os.path.join(args.work, f"supernet-seed{seed}", "cache")
-    if os.path.isdir(shared):
-        os.makedirs(out)
-        os.symlink(shared, os.path.join(out, "cache"))
     space = "{" + ", ".join(f"{k}: [{v}]" for k, v in arch.items()) + "}"
     overrides = [f"{SEARCH}supernet", "null", f"{SEARCH}strategy", "plain", f"{SEARCH}max_trials", "1",
                  f"{SEARCH}search_space", space, f"{SEARCH}search_algorithm", "random",
@@ -134,6 +139,8 @@ def standalone(arch: dict, steps: int, seed: int, args: argparse.Namespace, teac
     if "--auto_distillation.regular_distillation.train_steps" in base:  # the finalists' steps win
         i = base.index("--auto_distillation.regular_distillation.train_steps")
         del base[i:i + 2]
+    if os.path.isdir(shared):
+        overrides += ["--data.cache_dir", shared]
     rc, _, _ = timed_cli([RECIPE, "--output_dir", out, f"{SEARCH}seed", str(seed), *base, *overrides], out + ".log")
     path = os.path.join(out, "search_results.json")
     if rc != 0 or not os.path.isfile(path):
@@ -188,6 +195,8 @@ def main() -> int:
     parser.add_argument("--teacher-dir", default=None)
     parser.add_argument("--teacher-steps", type=int, default=60)
     parser.add_argument("--work", default="/tmp/bench_supernet_search")
+    parser.add_argument("--reuse", action="store_true", help="read finished runs of the same names in --work "
+                        "instead of running them again (e.g. after the fidelity part failed)")
     parser.add_argument("--smoke", action="store_true", help="1 seed, a few steps and candidates: mechanics only")
     args = parser.parse_args()
     args.supernet_overrides = {}
