@@ -177,7 +177,9 @@ def run(recipe: Recipe) -> int:
             baseline_metrics["latency"] = deployed["baseline_without_distillation"]["latency_by_runtime"][
                 deployment.latency_runtime]
         write_results_table(result.rows, output_dir)
-        full_rows, screened, screened_label = split_screened(result.rows)  # proxies / lower rungs: faint, off the front
+        supernet = config.search.supernet
+        proxy_examples = supernet and min(supernet.eval_samples or 0, len(tokenized["validation"]))
+        full_rows, screened, screened_label = split_screened(result.rows, proxy_examples)  # faint, off the front
         plot_pareto_front(
             full_rows, os.path.join(output_dir, "pareto_front.png"),
             pareto_numbers=[p["number"] for p in result.pareto_front], y_metric=score_key, selected=best_row["number"],

@@ -133,15 +133,18 @@ def write_results_table(rows: list[dict], output_dir: PathLike) -> tuple[Path, P
 # --------------------------------------------------------------------------------------------------- Pareto plot
 
 
-def split_screened(rows: list[dict]) -> tuple[list[dict], list[dict], str]:
+def split_screened(rows: list[dict], proxy_examples: Optional[int] = None) -> tuple[list[dict], list[dict], str]:
     """(full-budget rows, screened rows, their legend label): a supernet search's finalists vs its proxies
-    (inherited weights, predicted latency), a multi-fidelity search's top-rung rows vs its lower rungs."""
+    (inherited weights, scored on ``proxy_examples`` validation examples when given, predicted latency), a
+    multi-fidelity search's top-rung rows vs its lower rungs."""
     def full(row: dict) -> bool:
         return row["fidelity"] == "final" if "fidelity" in row else row.get("budget", 1.0) >= 1
 
-    proxies = any(r.get("fidelity") == "proxy" for r in rows)
-    label = ("sub-networks with inherited weights, predicted latency" if proxies
-             else "lower-rung trainings (part of the budget)")
+    if any(r.get("fidelity") == "proxy" for r in rows):
+        scored = f"{proxy_examples} validation examples" if proxy_examples else "the validation set"
+        label = f"proxies: inherited weights, scored on {scored}, predicted latency"
+    else:
+        label = "lower-rung trainings (part of the budget)"
     return [r for r in rows if full(r)], [r for r in rows if not full(r)], label
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import MobileBertForSequenceClassification
 
 from autodistill_trainer.recipe import apply_overrides, load_recipe, read_recipe
 
@@ -133,13 +134,47 @@ def test_smoke_recipe_under_accelerate_with_two_processes(tmp_path):
     assert (tmp_path / "best_model" / "model.safetensors").is_file()
 
 
-def test_a_run_given_another_runs_cache_dir_reuses_its_tokens_and_teacher_outputs(smoke_run, tmp_path):
-    out, first = smoke_run
-    assert "Computing teacher outputs" in first.stderr
-    again = tmp_path / "again"
-    run = run_cli(str(SMOKE), "--output_dir", str(again), "--data.cache_dir", str(out / "cache"), "--max_trials", "1",
-                  "--baseline.enabled", "false", "--auto_distillation.evaluation.export_onnx", "false")
+# ------------------------------------------------------------------------------------ search.strategy: supernet
+# What the demo recipe runs, on the smoke recipe: flash stages on the supernet, sandwich steps, proxies, finalists, the
+# reports and the exported model. Its data.cache_dir is the smoke run's cache: one run reading another's outputs.
+
+SUPERNET = ("{train_steps: 3, num_random: 1, num_candidates: 6, finalists: 2, finalist_budget: 0.5, eval_samples: 32, "
+            "latency_measurements: 3}")
+SPACE = ("{hidden_size: [64, 96], intra_bottleneck_size: [32], num_attention_heads: [1, 2], intermediate_size: [64], "
+         "num_hidden_layers: [1, 2]}")
+
+
+@pytest.fixture(scope="module")
+def supernet_run(tmp_path_factory, smoke_run):
+    out = tmp_path_factory.mktemp("supernet")
+    run = run_cli(str(SMOKE), "--output_dir", str(out), "--data.cache_dir", str(smoke_run[0] / "cache"),
+                  "--auto_distillation.search.strategy", "supernet",
+                  "--auto_distillation.search.supernet", SUPERNET, "--auto_distillation.search.search_space", SPACE,
+                  "--auto_distillation.evaluation.export_onnx", "false")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    # the same data, tokenizer and (deterministically fine-tuned) teacher weights: the first run's files are read
-    assert "Computing teacher outputs" not in run.stderr and "Training steps read the cached teacher" in run.stderr
-    assert not (again / "cache").exists()
+    return out, run
+
+
+def test_the_cli_runs_supernet_flash_sandwich_proxies_and_finalists(supernet_run):
+    out, run = supernet_run
+    flash = json.loads((out / "supernet" / "flash" / "flash.json").read_text())
+    assert flash["blocks_done"] == [0, 1] and flash["steps"] == 6  # the smoke recipe's 3 flash steps per layer
+    results = json.loads((out / "search_results.json").read_text())
+    summary = results["supernet"]
+    assert summary["proxies_evaluated"] == 6 and summary["finalists_trained"] == 2
+    assert summary["subnet_steps"] == 3 * 3 + flash["subnet_steps"]
+    # the smoke run's cache (same data, tokenizer, deterministically fine-tuned teacher) serves the sandwich steps and
+    # the finalists: no teacher pass at all
+    assert "Computing teacher outputs" not in run.stderr
+    assert "Supernet steps read the cached teacher logits" in run.stderr
+    assert not (out / "cache").exists()
+
+
+def test_the_cli_plots_the_proxies_behind_the_finalists_and_ships_a_plain_model(supernet_run):
+    out, run = supernet_run
+    assert ", 6 screened) to " in run.stderr  # the plot's log line: the 6 proxies drawn behind the finalists
+    assert (out / "pareto_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    shipped = MobileBertForSequenceClassification.from_pretrained(out / "best_model")
+    for field, value in summary["best_student"]["arch"].items():
+        assert getattr(shipped.config, field) == value

@@ -87,7 +87,8 @@ def test_screened_rows_are_split_from_full_budget_rows_by_fidelity_or_budget():
     supernet = [dict(r, fidelity="final" if r["number"] < 2 else "proxy") for r in _rows()]
     full, screened, label = split_screened(supernet)
     assert [r["number"] for r in full] == [0, 1] and [r["number"] for r in screened] == [2, 3, 4]
-    assert label.startswith("sub-networks with inherited weights")
+    assert label == "proxies: inherited weights, scored on the validation set, predicted latency"
+    assert "scored on 256 validation examples" in split_screened(supernet, 256)[2]
     rungs = [dict(r, budget=1.0 if r["number"] % 2 else 0.25) for r in _rows()]
     full, screened, label = split_screened(rungs)
     assert [r["number"] for r in full] == [1, 3] and [r["number"] for r in screened] == [0, 2, 4]
