@@ -44,3 +44,23 @@ def covering_archs(space, seed: int = 0):
             missing -= set(arch.items())
             archs.append(arch)
     return archs
+
+
+def tiny_teacher():
+    """A seeded tiny BERT classifier teacher in eval mode (2 layers, 4 heads, hidden 32)."""
+    import torch
+    from helpers import tiny_bert_config
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config()).eval()
+
+
+def supernet_args(tmp_path, **overrides):
+    """The ``TrainingArguments`` of the supernet-training tests (CPU, no saving, no progress bars), with overrides."""
+    from transformers import TrainingArguments
+
+    kwargs = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-2,
+                  logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, seed=0, use_cpu=True)
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)

@@ -8,9 +8,8 @@ import os
 
 import pytest
 import torch
-from helpers import pad_collator, random_batch, tiny_bert_config, token_dataset
-from supernet_helpers import tiny_space
-from transformers import BertForSequenceClassification, TrainingArguments
+from helpers import pad_collator, random_batch, token_dataset
+from supernet_helpers import supernet_args, tiny_space, tiny_teacher
 
 from autodistill_trainer.criterion_setup import average_heads
 from autodistill_trainer.supernet.extract import build_supernet, extract_subnet
@@ -27,14 +26,11 @@ def space():
 
 @pytest.fixture
 def teacher():
-    torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()  # 2 layers, 4 heads, hidden 32
+    return tiny_teacher()
 
 
 def _args(tmp_path):
-    return TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-2,
-                             logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
-                             use_cpu=True)
+    return supernet_args(tmp_path)
 
 
 @pytest.mark.parametrize("block, trained", [(1, ("mobilebert.encoder.layer.1.",)),

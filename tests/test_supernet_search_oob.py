@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import pad_collator, tiny_bert_config, token_dataset
-from supernet_helpers import tiny_base_config
-from transformers import BertForSequenceClassification, MobileBertForSequenceClassification, TrainingArguments
+from helpers import pad_collator, token_dataset
+from supernet_helpers import tiny_base_config, tiny_teacher
+from transformers import MobileBertForSequenceClassification, TrainingArguments
 
 from autodistill_trainer.errors import ConfigError
 from autodistill_trainer.search.oob import OOBContext, run_autodistillation
@@ -32,8 +32,7 @@ def fake_profile(model):
 
 @pytest.fixture
 def teacher():
-    torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()
+    return tiny_teacher()
 
 
 def context(tmp_path):

@@ -12,10 +12,9 @@ import time
 
 import pytest
 import torch
-from helpers import VOCAB_SIZE, pad_collator, random_batch, tiny_bert_config, token_dataset
+from helpers import VOCAB_SIZE, pad_collator, random_batch, token_dataset
 from safetensors.torch import load_file
-from supernet_helpers import tiny_space
-from transformers import BertForSequenceClassification, TrainingArguments
+from supernet_helpers import supernet_args, tiny_space, tiny_teacher
 
 from autodistill_trainer.errors import ConfigError
 from autodistill_trainer.losses import KLDivergenceLoss
@@ -35,15 +34,11 @@ def space():
 
 @pytest.fixture
 def teacher():
-    torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()
+    return tiny_teacher()
 
 
 def _args(tmp_path, **overrides):
-    kwargs = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-2,
-                  logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, seed=0, use_cpu=True)
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    return supernet_args(tmp_path, **overrides)
 
 
 def test_the_sampler_draws_largest_smallest_then_random_as_a_pure_function_of_seed_and_step(space):
