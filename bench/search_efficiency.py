@@ -21,6 +21,10 @@ tau quiet vs busy (goal >= 0.9).
     python bench/search_efficiency.py [--seeds 0 1 2] [--max-trials 6] [--archs 24] [--teacher-dir DIR]
     python bench/search_efficiency.py --smoke          # tiny settings: checks the mechanics only (minutes)
     python bench/search_efficiency.py --latency-only   # just the latency-model part
+    # two processes, one core each, then one summary of both:
+    python bench/search_efficiency.py --search-only --kinds plain --cache-dir /tmp/c1 &
+    python bench/search_efficiency.py --search-only --kinds multi_fidelity --cache-dir /tmp/c2; wait
+    python bench/search_efficiency.py --search-only --reuse
 """
 
 from __future__ import annotations
@@ -109,7 +113,8 @@ def prepare_teacher(args: argparse.Namespace) -> str | None:
     return teacher if rc == 0 and os.path.isfile(os.path.join(teacher, "config.json")) else None
 
 
-def search_part(args: argparse.Namespace) -> bool:
+def search_part(args: argparse.Namespace) -> bool | None:
+    """Run (or with ``--reuse`` read) the searches; whether both goals are met (``None``: ``--kinds`` left one out)."""
     teacher = prepare_teacher(args)
     if teacher is None:
         print(f"teacher preparation failed; see {args.work}/prep.log")
@@ -124,18 +129,28 @@ def search_part(args: argparse.Namespace) -> bool:
         common += ["--auto_distillation.regular_distillation.train_steps", str(args.regular_steps)]
     if args.smoke:  # a teacher pass over the whole train set would dwarf the few smoke steps
         common += ["--teacher.cache_outputs", "false"]
+    common += ["--data.cache_dir", args.cache_dir or os.path.join(args.work, "cache")]
     results: dict[str, list[dict]] = {"plain": [], "multi_fidelity": []}
+    mf_tag = f"mf{args.min_fraction:g}x{args.reduction_factor}"
     for seed in args.seeds:
-        for kind in ("plain", "multi_fidelity"):
-            out = os.path.join(args.work, f"{kind}-seed{seed}")
-            shutil.rmtree(out, ignore_errors=True)
-            extra = ["--auto_distillation.search.multi_fidelity", mf] if kind == "multi_fidelity" else []
-            # The search's seed only: the training seed also draws the demo's train/validation split, and a teacher
-            # reused from --teacher-dir was fine-tuned on the recipe's split (another split would leak validation
-            # examples into the teacher: measured, the teacher scored 88.8% instead of 84.3% with seed 0).
-            seeds = ["--auto_distillation.search.seed", str(seed)]
-            rc, wall = run_cli([RECIPE, "--output_dir", out, *seeds, *common, *extra], out + ".log")
-            if rc not in (0, 1) or not os.path.isfile(os.path.join(out, "search_results.json")):
+        for kind in args.kinds:
+            name = f"{kind}-seed{seed}" if kind == "plain" else f"{kind}-{mf_tag}-seed{seed}"
+            out = os.path.join(args.work, name)
+            path, record = os.path.join(out, "search_results.json"), out + ".run.json"
+            if args.reuse and os.path.isfile(path) and os.path.isfile(record):
+                rc, wall = (json.load(open(record))[k] for k in ("rc", "wall_s"))
+                print(f"  seed {seed} {kind}: reusing {out}", flush=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+                extra = ["--auto_distillation.search.multi_fidelity", mf] if kind == "multi_fidelity" else []
+                # The search's seed only: the training seed also draws the demo's train/validation split, and a
+                # teacher reused from --teacher-dir was fine-tuned on the recipe's split (another split would leak
+                # validation examples into the teacher: measured, the teacher scored 88.8% instead of 84.3% with
+                # seed 0).
+                seeds = ["--auto_distillation.search.seed", str(seed)]
+                rc, wall = run_cli([RECIPE, "--output_dir", out, *seeds, *common, *extra], out + ".log")
+                json.dump({"rc": rc, "wall_s": wall}, open(record, "w"))
+            if rc not in (0, 1) or not os.path.isfile(path):
                 print(f"  seed {seed} {kind}: rc {rc}; see {out}.log")
                 return False
             r = {"seed": seed, "wall_s": wall, **summarize_run(out, args)}
@@ -144,13 +159,18 @@ def search_part(args: argparse.Namespace) -> bool:
             print(f"  seed {seed} {kind:>14}: screened {r['screened']:3d}, full trainings {r['full_trainings']}, "
                   f"compute {r['budget_spent']:.3f} full-trial equivalents, hypervolume {r['hypervolume']:.4f}, "
                   f"most accurate <= {args.latency_budget_ms:g} ms {best}, wall {wall:.0f} s", flush=True)
+    if not all(results.values()):  # one kind only (--kinds): the runs are recorded for a later --reuse summary
+        json.dump(results, open(os.path.join(args.work, f"search_efficiency-{'-'.join(args.kinds)}.json"), "w"),
+                  indent=1)
+        print(f"runs of {args.kinds} recorded in {args.work}; the ratios need both kinds: rerun with --reuse")
+        return None
     mean = {k: {m: statistics.mean(r[m] for r in v) for m in ("screened", "hypervolume", "wall_s")}
             for k, v in results.items()}
     screened_ratio = mean["multi_fidelity"]["screened"] / max(mean["plain"]["screened"], 1e-9)
     hv_ratio = mean["multi_fidelity"]["hypervolume"] / max(mean["plain"]["hypervolume"], 1e-12)
     print(f"mean over seeds {list(args.seeds)}: screened plain {mean['plain']['screened']:.1f} vs multi-fidelity "
           f"{mean['multi_fidelity']['screened']:.1f} ({screened_ratio:.2f}x, goal >= 5x); hypervolume "
-          f"{mean['plain']['hypervolume']:.4f} vs {mean['multi_fidelity']['hypervolume']:.4f} ({hv_ratio:.2f}x, "
+          f"{mean['plain']['hypervolume']:.4f} vs {mean['multi_fidelity']['hypervolume']:.4f} ({hv_ratio:.3f}x, "
           f"goal >= 1); wall {mean['plain']['wall_s']:.0f} s vs {mean['multi_fidelity']['wall_s']:.0f} s")
     json.dump(results, open(os.path.join(args.work, "search_efficiency.json"), "w"), indent=1)
     return screened_ratio >= 5 and hv_ratio >= 1
@@ -275,6 +295,13 @@ def main() -> int:
                         "8 archs x 5 repeats: the mechanics only")
     parser.add_argument("--latency-only", action="store_true")
     parser.add_argument("--search-only", action="store_true")
+    parser.add_argument("--kinds", nargs="+", choices=["plain", "multi_fidelity"], default=["plain", "multi_fidelity"],
+                        help="run only these searches (e.g. split plain and multi-fidelity over two processes with "
+                             "the same --work, then summarise both with --reuse)")
+    parser.add_argument("--reuse", action="store_true", help="read finished runs of the same names in --work "
+                        "(their <run>.run.json) instead of running them again")
+    parser.add_argument("--cache-dir", default=None, help="the runs' data.cache_dir: tokenized splits and teacher "
+                        "outputs shared by the runs (default --work/cache; give each concurrent process its own)")
     args = parser.parse_args()
     if args.smoke:
         args.seeds, args.max_trials, args.flash_steps, args.regular_steps = [0], 3, 1, 9
@@ -288,7 +315,10 @@ def main() -> int:
     print(machine_line())
     ok = True
     if not args.latency_only:
-        ok = search_part(args) and ok
+        verdict = search_part(args)
+        if verdict is None and args.search_only:  # no ratios to judge yet
+            return 0
+        ok = verdict is not False
     if not args.search_only:
         ok = latency_part(args) and ok
     print("PASS: every goal met" if ok else "FAIL: a run failed or a goal is not met (see the figures above)")
