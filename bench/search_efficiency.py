@@ -129,12 +129,15 @@ def search_part(args: argparse.Namespace) -> bool | None:
         common += ["--auto_distillation.regular_distillation.train_steps", str(args.regular_steps)]
     if args.smoke:  # a teacher pass over the whole train set would dwarf the few smoke steps
         common += ["--teacher.cache_outputs", "false"]
+    if args.search_space:
+        common += ["--auto_distillation.search.search_space", args.search_space]
     common += ["--data.cache_dir", args.cache_dir or os.path.join(args.work, "cache")]
     results: dict[str, list[dict]] = {"plain": [], "multi_fidelity": []}
     mf_tag = f"mf{args.min_fraction:g}x{args.reduction_factor}"
+    space_tag = f"-{args.space_name}" if args.search_space else ""
     for seed in args.seeds:
         for kind in args.kinds:
-            name = f"{kind}-seed{seed}" if kind == "plain" else f"{kind}-{mf_tag}-seed{seed}"
+            name = f"{kind}{space_tag}-seed{seed}" if kind == "plain" else f"{kind}{space_tag}-{mf_tag}-seed{seed}"
             out = os.path.join(args.work, name)
             path, record = os.path.join(out, "search_results.json"), out + ".run.json"
             if args.reuse and os.path.isfile(path) and os.path.isfile(record):
@@ -298,6 +301,9 @@ def main() -> int:
     parser.add_argument("--kinds", nargs="+", choices=["plain", "multi_fidelity"], default=["plain", "multi_fidelity"],
                         help="run only these searches (e.g. split plain and multi-fidelity over two processes with "
                              "the same --work, then summarise both with --reuse)")
+    parser.add_argument("--search-space", default=None, help="the searches' space as a YAML/JSON mapping (default: "
+                        "the recipe's 72 architectures), e.g. the supernet demo's, depth included")
+    parser.add_argument("--space-name", default="space", help="tag of --search-space in the runs' folder names")
     parser.add_argument("--reuse", action="store_true", help="read finished runs of the same names in --work "
                         "(their <run>.run.json) instead of running them again")
     parser.add_argument("--cache-dir", default=None, help="the runs' data.cache_dir: tokenized splits and teacher "
