@@ -213,7 +213,7 @@ def plot_pareto_front(
     front = sorted((p for p in points if p[0] in front_ids), key=lambda p: (p[1], p[2]))
     others = [p for p in points if p[0] not in front_ids]
 
-    fig = Figure(figsize=(7.5, 5), dpi=120)
+    fig = Figure(figsize=(10, 5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     background = _plotted_points(screened or [], x_metric, y_metric)
@@ -257,8 +257,10 @@ def plot_pareto_front(
     ax.set_title(f"Architecture search: {_axis_label(y_metric).lower()} vs {_axis_label(x_metric).lower()}")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.1)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:  # beside the axes: inside, it hid points and the teacher/baseline labels (a screened cloud fills it)
+        ax.legend(handles, [textwrap.fill(label, 34) for label in labels], loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  fontsize=8, borderaxespad=0.0)
     if not points:
         ax.text(0.5, 0.5, "no trained trials", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()

@@ -112,7 +112,9 @@ def test_model_card_base_model_is_only_a_hub_id(tmp_path):
         assert card.data.license == "mit" and card.data.datasets is None
 
 
-def test_pareto_plot_circles_the_selected_student_and_names_the_latency_runtime(tmp_path, monkeypatch):
+@pytest.fixture
+def recorded_figures(monkeypatch):
+    """The matplotlib figures the report module creates, kept for inspection."""
     from matplotlib.figure import Figure
 
     import autodistill_trainer.report as report
@@ -125,14 +127,39 @@ def test_pareto_plot_circles_the_selected_student_and_names_the_latency_runtime(
             figures.append(self)
 
     monkeypatch.setattr(report, "Figure", Recorded)
+    return figures
+
+
+def test_pareto_plot_circles_the_selected_student_and_names_the_latency_runtime(tmp_path, recorded_figures):
+    import autodistill_trainer.report as report
+
     rows = [{"number": n, "status": "trained", "metrics": {"latency": lat, "accuracy": acc}}
             for n, lat, acc in ((0, 1.0, 0.7), (1, 2.0, 0.8), (2, 3.0, 0.75))]
     label = "Latency (ms): onnxruntime, batch 1 x 64 tokens, 1 thread(s), 10 warm-up runs, fastest of 30 in 3 rounds"
     report.plot_pareto_front(rows, tmp_path / "p.png", selected=1, x_label=label)
-    (ax,) = figures[0].axes
+    (ax,) = recorded_figures[0].axes
     assert ax.get_xlabel().replace("\n", " ") == label  # the whole protocol, wrapped rather than clipped
     assert max(len(line) for line in ax.get_xlabel().splitlines()) <= 90
     assert "selected student (#1)" in ax.get_legend_handles_labels()[1]
+
+
+def test_pareto_plot_legend_sits_beside_the_axes_so_it_hides_no_point(tmp_path, recorded_figures):
+    import autodistill_trainer.report as report
+
+    rows = [{"number": n, "status": "trained", "metrics": {"latency": lat, "accuracy": acc}}
+            for n, lat, acc in ((0, 0.4, 0.79), (1, 0.5, 0.784), (2, 0.3, 0.8))]
+    screened = [{"number": 10 + i, "status": "trained", "metrics": {"latency": 0.2 + i / 100, "accuracy": 0.8}}
+                for i in range(200)]
+    report.plot_pareto_front(rows, tmp_path / "p.png", teacher={"latency": 16.0, "accuracy": 0.84},
+                             baseline={"latency": 0.3, "accuracy": 0.775}, screened=screened,
+                             screened_label="proxies: inherited weights, scored on 256 validation examples")
+    fig = recorded_figures[0]
+    (ax,) = fig.axes
+    renderer = fig.canvas.get_renderer()
+    legend, axes_box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= axes_box.x1  # right of the plotting area: no point, label or annotation under it
+    assert legend.x1 <= fig.bbox.x1 + 1  # and not clipped by the figure
+    assert max(len(line) for text in ax.get_legend().get_texts() for line in text.get_text().splitlines()) <= 34
 
 
 def test_card_names_a_hub_data_set_only_for_hub_names():
