@@ -20,6 +20,7 @@ from transformers import Trainer, set_seed
 from .builders import build_model, student_base_config
 from .configs.autodistillation import AutoDistillationConfig
 from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_teacher
+from .weight_selection import check_teacher_for_selection, try_select_teacher_weights
 from .errors import ConfigError
 from .cli_summary import (
     format_summary, majority_class_rate, no_trained_message, pick_metrics, search_strategy_summary, trial_counts,
@@ -120,9 +121,14 @@ def run(recipe: Recipe) -> int:
                                           pad_token_id=tokenizer.pad_token_id, label_names=label_names)
         model_cls = getattr(transformers, recipe.model.student_class)
         projection = TeacherEmbeddingProjection(teacher) if recipe.model.init_embeddings_from_teacher else None
+        select = recipe.model.select_teacher_weights
+        if select:
+            check_teacher_for_selection(base_config, teacher, set(config.search.search_space))
 
         def model_builder(arch: dict[str, Any]) -> torch.nn.Module:
             student = build_model(model_cls, base_config, arch, seed=training.seed, attn_implementation="eager")
+            if select and try_select_teacher_weights(student, teacher):
+                return student
             if projection is not None:
                 init_embeddings_from_teacher(student, projection)
             return student

@@ -364,6 +364,10 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
         raise ConfigError("data.labelled_fraction is not applied by search.strategy: supernet (its sandwich steps "
                           "sample batches from the whole training set): remove data.labelled_fraction or use the "
                           "plain or multi_fidelity strategy.")
+    if search.strategy == "supernet" and model.select_teacher_weights:
+        raise ConfigError("model.select_teacher_weights does not apply to search.strategy: supernet (its students are "
+                          "slices of the supernet's weights): set it false or use the plain or multi_fidelity "
+                          "strategy.")
     training = _build_training_arguments(train, output_dir, "auto_distillation.train")
     _build_training_arguments(teacher.finetune, os.path.join(output_dir, "teacher-finetune"), "teacher.finetune")
 
@@ -374,6 +378,7 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
     if base_config is not None:
         validation.check_search_space(search.search_space, base_config)
         validation.check_latency_seq_length(evaluation, base_config)
+        validation.check_weight_selection(model, search.search_space, base_config)
         if flash is not None and flash.is_auto:
             validation.check_auto_blocks(flash, search.search_space, base_config)
     if check_models:

@@ -43,7 +43,9 @@ ARCH = {"hidden_size": 192, "intra_bottleneck_size": 32, "num_attention_heads": 
 #: ``--unlabeled FILE`` (data.unlabeled_file), ``+aug`` adds ``data.augmentation`` (``--augment-copies``), to the
 #: distillation's train set (KD terms only; the labels-only variant has no use for them); ``+lfNN`` gives every
 #: batch NN% labelled rows (data.labelled_fraction = NN/100); ``+hid`` adds hidden-state KD to the regular stage
-#: (:func:`hidden_state_overrides`).
+#: (:func:`hidden_state_overrides`); ``+sel`` initialises the student by weight selection from the teacher
+#: (model.init_from_teacher: weights; the architecture must have BERT's layout, see ``--arch``). ``labels+sel`` is
+#: the same initialisation trained on labels only.
 VARIANTS: dict[str, tuple[bool, bool, dict[str, Any]]] = {
     "labels": (False, False, {}),
     "kd": (False, True, {}),
@@ -100,6 +102,7 @@ class Task:
         from autodistill_trainer.tasks import TeacherSetup, get_task
         from autodistill_trainer.teacher import load_tokenizer
         from autodistill_trainer.teacher_cache import TeacherOutputCache
+        from autodistill_trainer.weight_selection import select_teacher_weights
 
         self.recipe = recipe = load_recipe(recipe_path, overrides)
         self.name = recipe.model.name
@@ -125,13 +128,15 @@ class Task:
         model_cls = getattr(transformers, recipe.model.student_class)
         projection = TeacherEmbeddingProjection(self.teacher) if recipe.model.init_embeddings_from_teacher else None
 
-        def build(arch: dict[str, Any], seed: int) -> Any:
+        def build(arch: dict[str, Any], seed: int, select: bool = False) -> Any:
             student = build_model(model_cls, base, arch, seed=seed, attn_implementation="eager")
-            if projection is not None:
+            if select:
+                select_teacher_weights(student, self.teacher)
+            elif projection is not None:
                 init_embeddings_from_teacher(student, projection)
             return student
 
-        self.build: Callable[[dict[str, Any], int], Any] = build
+        self.build: Callable[..., Any] = build
         self.cache = TeacherOutputCache(self.teacher, os.path.join(work_dir, "cache"), self.collator,
                                         batch_size=self.training.per_device_eval_batch_size)
         self.raw, self.unlabeled, self.augment_copies = raw, unlabeled, augment_copies
@@ -182,15 +187,16 @@ class Task:
 
         base, *extras = variant.split("+")
         uses_flash, uses_kd, regular_overrides = VARIANTS[base]
-        unknown = [e for e in extras if e not in ("unl", "aug", "hid") and not (e[:2] == "lf" and e[2:].isdigit())]
+        unknown = [e for e in extras
+                   if e not in ("unl", "aug", "hid", "sel") and not (e[:2] == "lf" and e[2:].isdigit())]
         if unknown:
-            raise SystemExit(f"variant {variant!r}: unknown suffix {unknown[0]!r} (unl, aug, hid, lfNN)")
+            raise SystemExit(f"variant {variant!r}: unknown suffix {unknown[0]!r} (unl, aug, hid, sel, lfNN)")
         shares = [int(e[2:]) / 100 for e in extras if e.startswith("lf")]
         data_extras = frozenset(e for e in extras if e in ("unl", "aug"))
         config = self.recipe.autodistillation
         total = self.total_steps(arch)
         set_seed(seed)
-        student = self.build(arch, seed)
+        student = self.build(arch, seed, select="sel" in extras)
         args = dataclasses.replace(self.training, seed=seed, learning_rate=lr,
                                    output_dir=tempfile.mkdtemp(prefix=f"quality-{variant}-"))
         start = time.time()

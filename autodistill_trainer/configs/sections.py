@@ -49,6 +49,8 @@ class ModelArguments:
         student_class: a concrete transformers MobileBERT class name (not an ``Auto*`` class).
         base_config: overrides on the built-in MobileBERT base config, or a config path / Hub name.
         init_embeddings_from_teacher: initialise the student's word embeddings from the teacher's.
+        select_teacher_weights: initialise every student weight from leading slices of the teacher's (weight
+            selection, :mod:`autodistill_trainer.weight_selection`); needs students with BERT's layout.
         license: license of the student in the model card metadata (default: the shipped demo teacher's, else none).
     """
 
@@ -65,6 +67,13 @@ class ModelArguments:
     init_embeddings_from_teacher: bool = field(
         default=True,
         metadata={"help": "Initialise student word embeddings from the teacher's (PCA to the student's width)."},
+    )
+    select_teacher_weights: bool = field(
+        default=False,
+        metadata={"help": "Initialise the student's embeddings, layers, pooler and classifier from leading slices of "
+                          "the teacher's weights (weight selection); needs students with BERT's layout "
+                          "(use_bottleneck false, num_feedforward_networks 1, trigram_input false, embedding_size = "
+                          "hidden_size, the teacher's hidden_act)."},
     )
     license: Optional[str] = field(
         default=None,
@@ -88,6 +97,7 @@ class ModelArguments:
         if isinstance(self.base_config, str) and not self.base_config:
             raise ConfigError("model.base_config is an empty string; give overrides (a mapping), a path or null.")
         checks.boolean(self.init_embeddings_from_teacher, "model.init_embeddings_from_teacher")
+        checks.boolean(self.select_teacher_weights, "model.select_teacher_weights")
         checks.non_empty_str(self.license, "model.license", optional=True)
 
 

@@ -114,6 +114,31 @@ def build_student_base_config(model: Any, data: Any) -> Any:
         raise ConfigError(f"model.base_config is not a valid MobileBERT config: {error}") from None
 
 
+def check_weight_selection(model: Any, search_space: Mapping[str, list], base_config: Any) -> None:
+    """``model.select_teacher_weights`` needs MobileBERT students with BERT's layout: every layout field that
+    the search space does not set has its BERT value in the base config, and ``embedding_size`` can equal
+    ``hidden_size`` (the teacher-dependent checks, e.g. ``hidden_act``, run once the teacher is loaded)."""
+    from ..weight_selection import BERT_LAYOUT
+
+    if not model.select_teacher_weights:
+        return
+    if getattr(base_config, "model_type", None) != "mobilebert":
+        raise ConfigError("model.select_teacher_weights needs MobileBERT students (model.student_class "
+                          f"{model.student_class!r} builds {getattr(base_config, 'model_type', None)!r}); "
+                          "set it false.")
+    fixes = [f"{key}: {value!r} (now {getattr(base_config, key, None)!r})" for key, value in BERT_LAYOUT.items()
+             if key not in search_space and getattr(base_config, key, None) != value]
+    widths = {key: search_space.get(key, [getattr(base_config, key, None)])
+              for key in ("embedding_size", "hidden_size")}
+    if not set(widths["embedding_size"]) & set(widths["hidden_size"]):
+        fixes.append(f"embedding_size equal to hidden_size (now {widths['embedding_size']} and "
+                     f"{widths['hidden_size']})")
+    if fixes:
+        raise ConfigError("model.select_teacher_weights copies the teacher's BERT layers into the students, which "
+                          "needs BERT's layout; set in model.base_config " + "; ".join(fixes) + ", or set "
+                          "model.select_teacher_weights: false.")
+
+
 def check_latency_seq_length(evaluation: Any, base_config: Any) -> None:
     """The latency sequence length fits the student's position table."""
     limit = getattr(base_config, "max_position_embeddings", None)
