@@ -68,7 +68,7 @@ def run(recipe: Recipe) -> int:
     cache_dir = data.cache_dir or os.path.join(output_dir, "cache")  # tokenized splits, teacher outputs
 
     # 1. Output directory: checked, locked and bound to this run's inputs before anything heavy is loaded.
-    fingerprint = fingerprint_with_runtime(run_fingerprint(data, teacher_args, config.search),
+    fingerprint = fingerprint_with_runtime(run_fingerprint(data, teacher_args, config.search, recipe.model),
                                            deployment.latency_runtime)
     with _claimed_output_dir(output_dir, fingerprint, is_main):
         set_seed(training.seed)

@@ -113,6 +113,11 @@ class OutputDirLock:
         self.release()
 
 
+#: Fingerprint components added after the first release: a marker written without one is compared without it (and
+#: then rebound to the full fingerprint), so an upgrade does not refuse the directories of earlier runs.
+LATER_COMPONENTS = ("student",)
+
+
 def _file_digest(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -121,12 +126,14 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_fingerprint(data_args: Any, teacher: Any, search: Any) -> dict[str, Any]:
+def run_fingerprint(data_args: Any, teacher: Any, search: Any, model: Any = None) -> dict[str, Any]:
     """What a study, its teacher and its caches belong to: one JSON-able dict per component.
 
     ``data``: the data section (``DataArguments``, but ``cache_dir``) with the content hash of each local file;
     ``teacher`` (``TeacherArguments``): its source and fine-tuning arguments; ``task``; ``search_space`` and
-    ``objectives`` (metrics and directions) of ``search`` (a ``SearchConfig``).
+    ``objectives`` (metrics and directions) of ``search`` (a ``SearchConfig``); ``student`` (when ``model``, the
+    recipe's ``ModelArguments``, is given): what builds the students besides the searched fields (class, base
+    config, initialisation from the teacher), so that a resumed study never mixes students built differently.
     """
     data = dict(vars(data_args))
     data.pop("cache_dir", None)  # where caches live changes no result
@@ -140,6 +147,9 @@ def run_fingerprint(data_args: Any, teacher: Any, search: Any) -> dict[str, Any]
         "task": data_args.task,
         "search_space": {k: list(v) for k, v in search.search_space.items()},
         "objectives": {"metrics": list(search.metrics), "higher_is_better": list(search.higher_is_better)},
+        **({"student": {"student_class": model.student_class, "base_config": model.base_config,
+                        "init_embeddings_from_teacher": model.init_embeddings_from_teacher,
+                        "select_teacher_weights": model.select_teacher_weights}} if model is not None else {}),
     }, default=str))
 
 
@@ -155,6 +165,11 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return diffs
 
 
+def _without_new_components(fingerprint: dict, old: Mapping[str, Any]) -> dict:
+    """``fingerprint`` without the components an older marker did not record (``student``, added later)."""
+    return {k: v for k, v in fingerprint.items() if k in old or k not in LATER_COMPONENTS}
+
+
 def claim_output_dir(output_dir: str, fingerprint: Mapping[str, Any]) -> bool:
     """Bind ``output_dir`` to ``fingerprint`` (write the marker), or refuse a directory bound to another one.
 
@@ -166,6 +181,11 @@ def claim_output_dir(output_dir: str, fingerprint: Mapping[str, Any]) -> bool:
     old = _read_marker(output_dir)
     if old is not None:
         if old.get("fingerprint") == dict(fingerprint):
+            return False
+        if isinstance(old.get("fingerprint"), dict) and old["fingerprint"] == _without_new_components(
+                dict(fingerprint), old["fingerprint"]):
+            # a directory from a version whose fingerprint had fewer components: bind it to the full fingerprint
+            atomic_write_json(marker, {**old, "fingerprint": dict(fingerprint)})
             return False
         others = [n for n in os.listdir(output_dir) if n not in (MARKER_FILE, LOCK_FILE)]
         if old.get("committed") and others:

@@ -144,6 +144,43 @@ def test_same_fingerprint_resumes_and_other_inputs_are_refused_once_committed(tm
     assert marker["fingerprint"] == {"data": {"a": 2}} and marker["committed"] is True
 
 
+def test_fingerprint_covers_how_students_are_built_so_a_resume_never_mixes_them(tmp_path):
+    recipe = load_recipe(str(SMOKE))
+    search = recipe.autodistillation.search
+
+    def fingerprint(**model_changes) -> dict:
+        model = dataclasses.replace(recipe.model, **model_changes)
+        return run_fingerprint(recipe.data, recipe.teacher, search, model)
+
+    first = fingerprint()
+    assert first["student"]["base_config"] == {"num_hidden_layers": 2, "embedding_size": 32}
+    assert fingerprint(license="mit") == first  # the card's license builds the same students
+    for change in ({"base_config": {"num_hidden_layers": 3, "embedding_size": 32}},
+                   {"init_embeddings_from_teacher": False}, {"select_teacher_weights": True}):
+        assert fingerprint(**change)["student"] != first["student"], change
+    out = tmp_path / "run"
+    claim_output_dir(str(out), first)
+    commit_output_dir(str(out))
+    (out / "teacher").mkdir()
+    with pytest.raises(OutputDirError, match=r"student.base_config differ"):
+        claim_output_dir(str(out), fingerprint(base_config={"num_hidden_layers": 3}))
+
+
+def test_a_directory_fingerprinted_before_the_student_component_resumes_and_is_rebound(tmp_path):
+    out = tmp_path / "run"
+    older = {"data": {"a": 1}, "task": "text-classification"}
+    claim_output_dir(str(out), older)
+    commit_output_dir(str(out))
+    (out / "teacher").mkdir()
+    full = {**older, "student": {"base_config": None}}
+    assert claim_output_dir(str(out), full) is False  # the same study, resumed
+    assert json.loads((out / MARKER_FILE).read_text())["fingerprint"] == full
+    with pytest.raises(OutputDirError, match=r"student.base_config differ"):
+        claim_output_dir(str(out), {**older, "student": {"base_config": {"num_hidden_layers": 3}}})
+    with pytest.raises(OutputDirError, match=r"data.a differ"):
+        claim_output_dir(str(out), {"data": {"a": 2}, "task": "text-classification", "student": {"base_config": None}})
+
+
 def test_second_run_on_a_locked_output_dir_is_refused_naming_the_first(tmp_path, capsys, no_data_loading):
     out = tmp_path / "run"
     holder = subprocess.Popen(
