@@ -17,10 +17,10 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 
-from .builders import build_model, student_base_config
+from .builders import apply_architecture, build_model, student_base_config
 from .configs.autodistillation import AutoDistillationConfig
 from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_teacher
-from .weight_selection import check_teacher_for_selection, try_select_teacher_weights
+from .weight_selection import check_teacher_for_selection, student_initialisation, try_select_teacher_weights
 from .errors import ConfigError
 from .cli_summary import (
     format_summary, majority_class_rate, no_trained_message, pick_metrics, search_strategy_summary, trial_counts,
@@ -204,6 +204,8 @@ def run(recipe: Recipe) -> int:
             "dataset": data.dataset_name or data.train_file, "best_trial": best_row["number"],
             "distillation": " + ".join(name for name, phase in (("flash", config.flash_distillation),
                                                                 ("regular", config.regular_distillation)) if phase),
+            "initialisation": student_initialisation(
+                recipe.model, apply_architecture(base_config, result.best_model_arch), teacher.config),
             "latency_protocol": protocol.describe(deployment.latency_runtime),
             "baseline_without_distillation": baseline_metrics and pick_metrics(baseline_metrics, score_key),
         }

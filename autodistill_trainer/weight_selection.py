@@ -33,7 +33,7 @@ from .auto_mappings import uniform_layer_map
 logger = logging.getLogger(__name__)
 
 __all__ = ["BERT_LAYOUT", "bert_layout_mismatches", "check_teacher_for_selection", "select_teacher_weights",
-           "try_select_teacher_weights"]
+           "student_initialisation", "try_select_teacher_weights"]
 
 #: The MobileBERT config values that make a student's layers BERT layers (``embedding_size`` must also equal
 #: ``hidden_size`` and ``hidden_act`` the teacher's; checked by :func:`bert_layout_mismatches`).
@@ -172,3 +172,14 @@ def try_select_teacher_weights(student: nn.Module, teacher: nn.Module) -> bool:
         return False
     select_teacher_weights(student, teacher)
     return True
+
+
+
+def student_initialisation(model_args: Any, student_config: Any, teacher_config: Any) -> str:
+    """How a student of the recipe started, in words for its model card (weights derived from the teacher's are worth
+    knowing when the card is read without the recipe, also for the license)."""
+    if model_args.select_teacher_weights and not bert_layout_mismatches(student_config, teacher_config):
+        return "leading slices of the teacher's weights (weight selection: embeddings, layers, pooler, classifier)"
+    if model_args.init_embeddings_from_teacher:
+        return "word embeddings from the teacher's (PCA to the student's width), other weights random"
+    return "random"

@@ -55,6 +55,7 @@ def test_smoke_outputs_are_written(smoke_run):
     assert summary["speedup"] > 1 and summary["baseline_without_distillation"]["accuracy"] is not None
     card = (out / "best_model" / "README.md").read_text()
     assert "pipeline(" in card and str(summary["best_student"]["arch"]["hidden_size"]) in card
+    assert "- initialisation: word embeddings from the teacher's (PCA to the student's width)" in card
     assert summary["trials"] == {"trained": 2, "complete": 2, "failed": 0, "invalid": 2, "over_budget": 0}
     marker = json.loads((out / ".autodistill.json").read_text())
     assert marker["fingerprint"]["task"] == "text-classification" and marker["committed"] is True

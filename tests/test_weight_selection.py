@@ -27,6 +27,7 @@ from autodistill_trainer.weight_selection import (  # noqa: E402
     BERT_LAYOUT,
     check_teacher_for_selection,
     select_teacher_weights,
+    student_initialisation,
     try_select_teacher_weights,
 )
 
@@ -173,3 +174,17 @@ def test_a_recipe_refuses_a_non_boolean_select_teacher_weights():
     recipe["model"]["select_teacher_weights"] = "yes"
     with pytest.raises(ConfigError, match="model.select_teacher_weights"):
         build_recipe(recipe)
+
+
+def test_the_model_card_names_the_initialisation_the_best_student_had():
+    from autodistill_trainer.configs.sections import ModelArguments
+
+    teacher_config = teacher().config
+    selecting = ModelArguments(select_teacher_weights=True)
+    assert student_initialisation(selecting, student().config, teacher_config).startswith(
+        "leading slices of the teacher's weights")
+    # a searched architecture outside BERT's layout fell back to the embeddings' initialisation
+    assert student_initialisation(selecting, student(use_bottleneck=True).config, teacher_config).startswith(
+        "word embeddings from the teacher's")
+    plain = ModelArguments(init_embeddings_from_teacher=False)
+    assert student_initialisation(plain, student().config, teacher_config) == "random"
