@@ -124,10 +124,11 @@ def run(recipe: Recipe) -> int:
         select = recipe.model.select_teacher_weights
         if select:
             check_teacher_for_selection(base_config, teacher, set(config.search.search_space))
+        weights_source = teacher  # as loaded: not the copy in teacher.dtype (e.g. fp16) made for distillation below
 
         def model_builder(arch: dict[str, Any]) -> torch.nn.Module:
             student = build_model(model_cls, base_config, arch, seed=training.seed, attn_implementation="eager")
-            if select and try_select_teacher_weights(student, teacher):
+            if select and try_select_teacher_weights(student, weights_source):
                 return student
             if projection is not None:
                 init_embeddings_from_teacher(student, projection)

@@ -55,8 +55,8 @@ _EMBEDDING_MODULES = ("embeddings.word_embeddings", "embeddings.position_embeddi
 def bert_layout_mismatches(config: Any, teacher_config: Any | None = None) -> list[str]:
     """What keeps a MobileBERT student config from BERT's layout, each as ``"key is X; set Y"`` (empty: none).
 
-    ``teacher_config`` adds the checks that need the teacher: the same ``hidden_act`` and a student no wider, no
-    deeper in its feed-forward network and with no more heads than the teacher.
+    ``teacher_config`` adds the checks that need the teacher: the same ``hidden_act``, and ``hidden_size``,
+    ``intermediate_size`` and ``num_attention_heads`` no larger than the teacher's.
     """
     problems = [f"{key} is {getattr(config, key, None)!r}; set {value!r}" for key, value in BERT_LAYOUT.items()
                 if getattr(config, key, None) != value]
