@@ -52,25 +52,25 @@ _EMBEDDING_MODULES = ("embeddings.word_embeddings", "embeddings.position_embeddi
                       "embeddings.token_type_embeddings", "embeddings.LayerNorm")
 
 
-def bert_layout_mismatches(config: Any, teacher_config: Any | None = None) -> list[str]:
-    """What keeps a MobileBERT student config from BERT's layout, each as ``"key is X; set Y"`` (empty: none).
+def bert_layout_mismatches(config: Any, teacher_config: Any | None = None) -> dict[str, str]:
+    """What keeps a MobileBERT student config from BERT's layout: config key -> ``"key is X; set Y"`` (empty: none).
 
     ``teacher_config`` adds the checks that need the teacher: the same ``hidden_act``, and ``hidden_size``,
     ``intermediate_size`` and ``num_attention_heads`` no larger than the teacher's.
     """
-    problems = [f"{key} is {getattr(config, key, None)!r}; set {value!r}" for key, value in BERT_LAYOUT.items()
-                if getattr(config, key, None) != value]
+    problems = {key: f"{key} is {getattr(config, key, None)!r}; set {value!r}" for key, value in BERT_LAYOUT.items()
+                if getattr(config, key, None) != value}
     if getattr(config, "embedding_size", None) != getattr(config, "hidden_size", None):
-        problems.append(f"embedding_size is {getattr(config, 'embedding_size', None)!r}; set it equal to "
-                        f"hidden_size ({getattr(config, 'hidden_size', None)!r})")
+        problems["embedding_size"] = (f"embedding_size is {getattr(config, 'embedding_size', None)!r}; set it equal "
+                                      f"to hidden_size ({getattr(config, 'hidden_size', None)!r})")
     if teacher_config is not None:
         if getattr(config, "hidden_act", None) != getattr(teacher_config, "hidden_act", None):
-            problems.append(f"hidden_act is {getattr(config, 'hidden_act', None)!r}; set the teacher's "
-                            f"{getattr(teacher_config, 'hidden_act', None)!r}")
+            problems["hidden_act"] = (f"hidden_act is {getattr(config, 'hidden_act', None)!r}; set the teacher's "
+                                      f"{getattr(teacher_config, 'hidden_act', None)!r}")
         for key in ("hidden_size", "intermediate_size", "num_attention_heads"):
             student_value, teacher_value = getattr(config, key, None), getattr(teacher_config, key, None)
             if student_value is not None and teacher_value is not None and student_value > teacher_value:
-                problems.append(f"{key} is {student_value}, more than the teacher's {teacher_value}")
+                problems[key] = f"{key} is {student_value}, more than the teacher's {teacher_value}"
     return problems
 
 
@@ -100,7 +100,7 @@ def select_teacher_weights(student: nn.Module, teacher: nn.Module) -> dict[str, 
     problems = bert_layout_mismatches(student.config, teacher.config)
     if problems:
         raise ValueError("weight selection from the teacher needs a student in BERT's layout: "
-                         + "; ".join(problems) + ".")
+                         + "; ".join(problems.values()) + ".")
     s_base, s_prefix = _base(student)
     t_base, t_prefix = _base(teacher)
     s_modules, t_modules = dict(s_base.named_modules()), dict(t_base.named_modules())
@@ -156,7 +156,7 @@ def check_teacher_for_selection(base_config: Any, teacher: nn.Module, searched: 
         raise ConfigError(f"model.select_teacher_weights needs a BERT-family teacher; {type(teacher).__name__} has no "
                           f"{missing[0]!r}. Set model.select_teacher_weights: false.")
     decided = set(searched) | ({"embedding_size"} if "hidden_size" in searched else set())
-    problems = [p for p in bert_layout_mismatches(base_config, teacher.config) if p.split(" ")[0] not in decided]
+    problems = [p for key, p in bert_layout_mismatches(base_config, teacher.config).items() if key not in decided]
     if problems:
         raise ConfigError("model.select_teacher_weights: the students' base config does not fit the teacher; in "
                           "model.base_config " + "; ".join(problems) + ".")
@@ -168,7 +168,7 @@ def try_select_teacher_weights(student: nn.Module, teacher: nn.Module) -> bool:
     problems = bert_layout_mismatches(student.config, teacher.config)
     if problems:
         logger.info("student not initialised from the teacher's weights (%s); usual initialisation",
-                    "; ".join(problems))
+                    "; ".join(problems.values()))
         return False
     select_teacher_weights(student, teacher)
     return True
