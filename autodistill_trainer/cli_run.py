@@ -20,7 +20,12 @@ from transformers import Trainer, set_seed
 from .builders import apply_architecture, build_model, student_base_config
 from .configs.autodistillation import AutoDistillationConfig
 from .embedding_init import TeacherEmbeddingProjection, init_embeddings_from_teacher
-from .weight_selection import check_teacher_for_selection, student_initialisation, try_select_teacher_weights
+from .weight_selection import (
+    SelectionSource,
+    check_teacher_for_selection,
+    student_initialisation,
+    try_select_teacher_weights,
+)
 from .errors import ConfigError
 from .cli_summary import (
     format_summary, majority_class_rate, no_trained_message, pick_metrics, search_strategy_summary, trial_counts,
@@ -124,11 +129,12 @@ def run(recipe: Recipe) -> int:
         select = recipe.model.select_teacher_weights
         if select:
             check_teacher_for_selection(base_config, teacher, set(config.search.search_space))
-        weights_source = teacher  # as loaded: not the copy in teacher.dtype (e.g. fp16) made for distillation below
+        # as loaded: not the copy in teacher.dtype (e.g. fp16) made for distillation below; rewired on first use
+        weights_source = SelectionSource(teacher, recipe.model.selection_order, tokenized["train"], collator)
 
         def model_builder(arch: dict[str, Any]) -> torch.nn.Module:
             student = build_model(model_cls, base_config, arch, seed=training.seed, attn_implementation="eager")
-            if select and try_select_teacher_weights(student, weights_source):
+            if select and try_select_teacher_weights(student, weights_source.get()):
                 return student
             if projection is not None:
                 init_embeddings_from_teacher(student, projection)

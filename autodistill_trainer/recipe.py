@@ -368,6 +368,9 @@ def build_recipe(data: Mapping[str, Any], path: Optional[str] = None, check_mode
         raise ConfigError("model.select_teacher_weights does not apply to search.strategy: supernet (its students are "
                           "slices of the supernet's weights): set it false or use the plain or multi_fidelity "
                           "strategy.")
+    if "selection_order" in (data.get("model") or {}) and not model.select_teacher_weights:
+        raise ConfigError("model.selection_order applies only to students initialised from the teacher's weights: "
+                          "set model.select_teacher_weights: true, or remove model.selection_order.")
     training = _build_training_arguments(train, output_dir, "auto_distillation.train")
     _build_training_arguments(teacher.finetune, os.path.join(output_dir, "teacher-finetune"), "teacher.finetune")
 

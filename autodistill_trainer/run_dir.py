@@ -147,10 +147,19 @@ def run_fingerprint(data_args: Any, teacher: Any, search: Any, model: Any = None
         "task": data_args.task,
         "search_space": {k: list(v) for k, v in search.search_space.items()},
         "objectives": {"metrics": list(search.metrics), "higher_is_better": list(search.higher_is_better)},
-        **({"student": {"student_class": model.student_class, "base_config": model.base_config,
-                        "init_embeddings_from_teacher": model.init_embeddings_from_teacher,
-                        "select_teacher_weights": model.select_teacher_weights}} if model is not None else {}),
+        **({"student": _student_component(model)} if model is not None else {}),
     }, default=str))
+
+
+def _student_component(model: Any) -> dict[str, Any]:
+    """How the students are built (``selection_order`` only where weight selection uses it, so runs without
+    selection keep the fingerprint they had before the key existed)."""
+    student = {"student_class": model.student_class, "base_config": model.base_config,
+               "init_embeddings_from_teacher": model.init_embeddings_from_teacher,
+               "select_teacher_weights": model.select_teacher_weights}
+    if model.select_teacher_weights:
+        student["selection_order"] = model.selection_order
+    return student
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

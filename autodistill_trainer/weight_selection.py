@@ -32,8 +32,8 @@ from .auto_mappings import uniform_layer_map
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BERT_LAYOUT", "bert_layout_mismatches", "check_teacher_for_selection", "select_teacher_weights",
-           "student_initialisation", "try_select_teacher_weights"]
+__all__ = ["BERT_LAYOUT", "SelectionSource", "bert_layout_mismatches", "check_teacher_for_selection",
+           "select_teacher_weights", "student_initialisation", "try_select_teacher_weights"]
 
 #: The MobileBERT config values that make a student's layers BERT layers (``embedding_size`` must also equal
 #: ``hidden_size`` and ``hidden_act`` the teacher's; checked by :func:`bert_layout_mismatches`).
@@ -174,11 +174,37 @@ def try_select_teacher_weights(student: nn.Module, teacher: nn.Module) -> bool:
     return True
 
 
+class SelectionSource:
+    """What weight selection copies from, per ``model.selection_order``: the teacher as it is (``leading``), or a
+    copy of it rewired by importance on ``dataset`` (``importance``, :mod:`.rewiring`), built on first use only.
+
+    ``dataset`` is the tokenized training split and ``collator`` the task's data collator.
+    """
+
+    def __init__(self, teacher: nn.Module, order: str, dataset: Any = None, collator: Any = None):
+        if order not in ("importance", "leading"):
+            raise ValueError(f"selection order {order!r} is not one of 'importance', 'leading'.")
+        self.teacher, self.order, self.dataset, self.collator = teacher, order, dataset, collator
+        self._rewired: nn.Module | None = None
+
+    def get(self) -> nn.Module:
+        """The model to select from."""
+        if self.order == "leading":
+            return self.teacher
+        if self._rewired is None:
+            from .rewiring import importance_batches, rewired_teacher
+
+            self._rewired = rewired_teacher(self.teacher, importance_batches(self.dataset, self.collator))
+        return self._rewired
+
 
 def student_initialisation(model_args: Any, student_config: Any, teacher_config: Any) -> str:
     """How a student of the recipe started, in words for its model card (weights derived from the teacher's are worth
     knowing when the card is read without the recipe, also for the license)."""
     if model_args.select_teacher_weights and not bert_layout_mismatches(student_config, teacher_config):
+        if getattr(model_args, "selection_order", "leading") == "importance":
+            return ("the teacher's most important heads, feed-forward units and residual dimensions (weight selection "
+                    "after sorting them by importance on training batches: embeddings, layers, pooler, classifier)")
         return "leading slices of the teacher's weights (weight selection: embeddings, layers, pooler, classifier)"
     if model_args.init_embeddings_from_teacher:
         return "word embeddings from the teacher's (PCA to the student's width), other weights random"

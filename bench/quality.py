@@ -45,7 +45,8 @@ ARCH = {"hidden_size": 192, "intra_bottleneck_size": 32, "num_attention_heads": 
 #: batch NN% labelled rows (data.labelled_fraction = NN/100); ``+hid`` adds hidden-state KD to the regular stage
 #: (:func:`hidden_state_overrides`); ``+sel`` initialises the student by weight selection from the teacher
 #: (model.init_from_teacher: weights; the architecture must have BERT's layout, see ``--arch``). ``labels+sel`` is
-#: the same initialisation trained on labels only.
+#: the same initialisation trained on labels only. ``+imp`` is ``+sel`` from the teacher rewired by importance first
+#: (model.selection_order: importance; :mod:`autodistill_trainer.rewiring`).
 VARIANTS: dict[str, tuple[bool, bool, dict[str, Any]]] = {
     "labels": (False, False, {}),
     "kd": (False, True, {}),
@@ -128,19 +129,29 @@ class Task:
         model_cls = getattr(transformers, recipe.model.student_class)
         projection = TeacherEmbeddingProjection(self.teacher) if recipe.model.init_embeddings_from_teacher else None
 
-        def build(arch: dict[str, Any], seed: int, select: bool = False) -> Any:
+        def build(arch: dict[str, Any], seed: int, select: bool = False, rewire: bool = False) -> Any:
             student = build_model(model_cls, base, arch, seed=seed, attn_implementation="eager")
             if select:
-                select_teacher_weights(student, self.teacher)
+                select_teacher_weights(student, self.rewired() if rewire else self.teacher)
             elif projection is not None:
                 init_embeddings_from_teacher(student, projection)
             return student
 
         self.build: Callable[..., Any] = build
+        self._rewired: Any = None
         self.cache = TeacherOutputCache(self.teacher, os.path.join(work_dir, "cache"), self.collator,
                                         batch_size=self.training.per_device_eval_batch_size)
         self.raw, self.unlabeled, self.augment_copies = raw, unlabeled, augment_copies
         self._train_sets: dict[str, Any] = {}
+
+    def rewired(self) -> Any:
+        """The teacher with heads, units and residual dimensions sorted by importance (model.selection_order:
+        importance, the CLI's :class:`~autodistill_trainer.weight_selection.SelectionSource`)."""
+        if self._rewired is None:
+            from autodistill_trainer.weight_selection import SelectionSource
+
+            self._rewired = SelectionSource(self.teacher, "importance", self.tokenized["train"], self.collator).get()
+        return self._rewired
 
     def train_set(self, extras: frozenset[str]) -> Any:
         """The distillation's train set: labelled train rows plus unlabelled (``unl``) / augmented (``aug``) rows."""
@@ -188,15 +199,15 @@ class Task:
         base, *extras = variant.split("+")
         uses_flash, uses_kd, regular_overrides = VARIANTS[base]
         unknown = [e for e in extras
-                   if e not in ("unl", "aug", "hid", "sel") and not (e[:2] == "lf" and e[2:].isdigit())]
+                   if e not in ("unl", "aug", "hid", "sel", "imp") and not (e[:2] == "lf" and e[2:].isdigit())]
         if unknown:
-            raise SystemExit(f"variant {variant!r}: unknown suffix {unknown[0]!r} (unl, aug, hid, sel, lfNN)")
+            raise SystemExit(f"variant {variant!r}: unknown suffix {unknown[0]!r} (unl, aug, hid, sel, imp, lfNN)")
         shares = [int(e[2:]) / 100 for e in extras if e.startswith("lf")]
         data_extras = frozenset(e for e in extras if e in ("unl", "aug"))
         config = self.recipe.autodistillation
         total = self.total_steps(arch)
         set_seed(seed)
-        student = self.build(arch, seed, select="sel" in extras)
+        student = self.build(arch, seed, select="sel" in extras or "imp" in extras, rewire="imp" in extras)
         args = dataclasses.replace(self.training, seed=seed, learning_rate=lr,
                                    output_dir=tempfile.mkdtemp(prefix=f"quality-{variant}-"))
         start = time.time()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -180,11 +183,48 @@ def test_the_model_card_names_the_initialisation_the_best_student_had():
     from autodistill_trainer.configs.sections import ModelArguments
 
     teacher_config = teacher().config
-    selecting = ModelArguments(select_teacher_weights=True)
+    selecting = ModelArguments(select_teacher_weights=True)  # selection_order: importance by default
     assert student_initialisation(selecting, student().config, teacher_config).startswith(
+        "the teacher's most important heads, feed-forward units and residual dimensions")
+    leading = ModelArguments(select_teacher_weights=True, selection_order="leading")
+    assert student_initialisation(leading, student().config, teacher_config).startswith(
         "leading slices of the teacher's weights")
     # a searched architecture outside BERT's layout fell back to the embeddings' initialisation
     assert student_initialisation(selecting, student(use_bottleneck=True).config, teacher_config).startswith(
         "word embeddings from the teacher's")
     plain = ModelArguments(init_embeddings_from_teacher=False)
     assert student_initialisation(plain, student().config, teacher_config) == "random"
+
+
+def test_a_recipe_refuses_a_selection_order_it_would_not_use_or_does_not_know():
+    recipe = _smoke_recipe(**LAYOUT)
+    recipe["model"]["selection_order"] = "random"
+    with pytest.raises(ConfigError, match="model.selection_order 'random' is not one of 'importance', 'leading'"):
+        build_recipe(recipe)
+    recipe["model"].update(select_teacher_weights=False, selection_order="leading")
+    with pytest.raises(ConfigError, match="model.selection_order applies only to students initialised from the "
+                                          "teacher's weights: set model.select_teacher_weights: true"):
+        build_recipe(recipe)
+    recipe["model"]["select_teacher_weights"] = True
+    assert build_recipe(recipe).model.selection_order == "leading"
+
+
+def test_the_cli_selects_the_teachers_most_important_weights_for_searched_students_and_the_baseline(tmp_path):
+    recipe = _smoke_recipe(**LAYOUT)
+    recipe["auto_distillation"].pop("flash_distillation")
+    recipe["auto_distillation"]["search"]["search_space"].update(hidden_size=[64], num_attention_heads=[2],
+                                                                 intermediate_size=[64, 128])
+    recipe["data"]["max_train_samples"] = 128
+    path = tmp_path / "select.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, str(ROOT / "run_autodistill.py"), str(path), "--output_dir", str(out)],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stderr.count("teacher rewired by importance") == 1  # once for every student of the run
+    card = (out / "best_model" / "README.md").read_text()
+    assert ("- initialisation: the teacher's most important heads, feed-forward units and residual dimensions"
+            in card)
+    marker = json.loads((out / ".autodistill.json").read_text())
+    assert marker["fingerprint"]["student"]["selection_order"] == "importance"

@@ -51,6 +51,9 @@ class ModelArguments:
         init_embeddings_from_teacher: initialise the student's word embeddings from the teacher's.
         select_teacher_weights: initialise every student weight from leading slices of the teacher's (weight
             selection, :mod:`autodistill_trainer.weight_selection`); needs students with BERT's layout.
+        selection_order: which slices weight selection copies: ``importance`` (default) first sorts the teacher's
+            heads, feed-forward units and residual dimensions by their importance on training batches
+            (:mod:`autodistill_trainer.rewiring`), ``leading`` takes them in the teacher's own order.
         license: license of the student in the model card metadata (default: the shipped demo teacher's, else none).
     """
 
@@ -75,6 +78,12 @@ class ModelArguments:
                           "(use_bottleneck false, num_feedforward_networks 1, trigram_input false, embedding_size = "
                           "hidden_size, the teacher's hidden_act)."},
     )
+    selection_order: Literal["importance", "leading"] = field(
+        default="importance",
+        metadata={"help": "With select_teacher_weights: 'importance' copies the teacher's most important heads, "
+                          "feed-forward units and residual dimensions (measured on training batches); 'leading' "
+                          "the first ones in the teacher's order."},
+    )
     license: Optional[str] = field(
         default=None,
         metadata={"help": "License of the student in the model card metadata (e.g. apache-2.0); default: the shipped "
@@ -98,6 +107,9 @@ class ModelArguments:
             raise ConfigError("model.base_config is an empty string; give overrides (a mapping), a path or null.")
         checks.boolean(self.init_embeddings_from_teacher, "model.init_embeddings_from_teacher")
         checks.boolean(self.select_teacher_weights, "model.select_teacher_weights")
+        if self.selection_order not in ("importance", "leading"):
+            raise ConfigError(f"model.selection_order {checks.shown(self.selection_order)} is not one of "
+                              f"'importance', 'leading'.")
         checks.non_empty_str(self.license, "model.license", optional=True)
 
 
