@@ -13,6 +13,11 @@ slice of the teacher weight it corresponds to:
 * student layer ``i`` starts from teacher layer ``uniform_layer_map(L_s, L_t)[i]`` (the same map flash
   distillation's ``auto`` mappings use: ``[1, 2, 4, 5]`` for 4 of 6 layers).
 
+With ``model.selection_order: importance`` (the default) the CLI selects from a copy of the teacher rewired by
+importance first (:mod:`.rewiring`: heads, feed-forward units and residual dimensions sorted, most important first,
+a permutation that leaves the teacher's function unchanged), so the leading slices are the teacher's most important
+ones; ``leading`` selects from the teacher as it is.
+
 It needs a student with BERT's layout, which MobileBERT reaches with ``use_bottleneck: false``,
 ``num_feedforward_networks: 1``, ``trigram_input: false``, ``embedding_size`` equal to ``hidden_size``,
 ``normalization_type: layer_norm`` and the teacher's ``hidden_act``: then a MobileBERT layer computes exactly a

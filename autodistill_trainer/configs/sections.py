@@ -49,8 +49,8 @@ class ModelArguments:
         student_class: a concrete transformers MobileBERT class name (not an ``Auto*`` class).
         base_config: overrides on the built-in MobileBERT base config, or a config path / Hub name.
         init_embeddings_from_teacher: initialise the student's word embeddings from the teacher's.
-        select_teacher_weights: initialise every student weight from leading slices of the teacher's (weight
-            selection, :mod:`autodistill_trainer.weight_selection`); needs students with BERT's layout.
+        select_teacher_weights: initialise every student weight from slices of the teacher's (weight selection,
+            :mod:`autodistill_trainer.weight_selection`); needs students with BERT's layout.
         selection_order: which slices weight selection copies: ``importance`` (default) first sorts the teacher's
             heads, feed-forward units and residual dimensions by their importance on training batches
             (:mod:`autodistill_trainer.rewiring`), ``leading`` takes them in the teacher's own order.
@@ -73,8 +73,9 @@ class ModelArguments:
     )
     select_teacher_weights: bool = field(
         default=False,
-        metadata={"help": "Initialise the student's embeddings, layers, pooler and classifier from leading slices of "
-                          "the teacher's weights (weight selection); needs students with BERT's layout "
+        metadata={"help": "Initialise the student's embeddings, layers, pooler and classifier from slices of the "
+                          "teacher's weights (weight selection; which slices: selection_order); needs students with "
+                          "BERT's layout "
                           "(use_bottleneck false, num_feedforward_networks 1, trigram_input false, embedding_size = "
                           "hidden_size, the teacher's hidden_act)."},
     )
