@@ -65,7 +65,7 @@ def importance_orders(teacher: nn.Module, batches: Iterable[Mapping[str, torch.T
         **{f"units{i}": torch.zeros(layer.intermediate.dense.out_features, dtype=torch.float64)
            for i, layer in enumerate(layers)},
     }
-    state: dict[str, Any] = {"mask": None, "tokens": 0, "sequences": 0}
+    state: dict[str, Any] = {"mask": None, "tokens": 0}
 
     def token_sum(values: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [D], over real tokens
         return (values.abs().double() * state["mask"]).sum(dim=(0, 1))
@@ -107,7 +107,6 @@ def importance_orders(teacher: nn.Module, batches: Iterable[Mapping[str, torch.T
             inputs = {k: v for k, v in batch.items() if k in _INPUTS}
             state["mask"] = inputs["attention_mask"].unsqueeze(-1).double()
             state["tokens"] += int(inputs["attention_mask"].sum())
-            state["sequences"] += int(inputs["attention_mask"].shape[0])
             teacher(**inputs)
     finally:
         for handle in handles:
