@@ -103,7 +103,7 @@ class Task:
         from autodistill_trainer.tasks import TeacherSetup, get_task
         from autodistill_trainer.teacher import load_tokenizer
         from autodistill_trainer.teacher_cache import TeacherOutputCache
-        from autodistill_trainer.weight_selection import select_teacher_weights
+        from autodistill_trainer.weight_selection import SelectionSource, select_teacher_weights
 
         self.recipe = recipe = load_recipe(recipe_path, overrides)
         self.name = recipe.model.name
@@ -132,26 +132,18 @@ class Task:
         def build(arch: dict[str, Any], seed: int, select: bool = False, rewire: bool = False) -> Any:
             student = build_model(model_cls, base, arch, seed=seed, attn_implementation="eager")
             if select:
-                select_teacher_weights(student, self.rewired() if rewire else self.teacher)
+                select_teacher_weights(student, self._rewired.get() if rewire else self.teacher)
             elif projection is not None:
                 init_embeddings_from_teacher(student, projection)
             return student
 
         self.build: Callable[..., Any] = build
-        self._rewired: Any = None
+        # model.selection_order: importance, as the CLI does: rewired on first use, then kept
+        self._rewired = SelectionSource(self.teacher, "importance", self.tokenized["train"], self.collator)
         self.cache = TeacherOutputCache(self.teacher, os.path.join(work_dir, "cache"), self.collator,
                                         batch_size=self.training.per_device_eval_batch_size)
         self.raw, self.unlabeled, self.augment_copies = raw, unlabeled, augment_copies
         self._train_sets: dict[str, Any] = {}
-
-    def rewired(self) -> Any:
-        """The teacher with heads, units and residual dimensions sorted by importance (model.selection_order:
-        importance, the CLI's :class:`~autodistill_trainer.weight_selection.SelectionSource`)."""
-        if self._rewired is None:
-            from autodistill_trainer.weight_selection import SelectionSource
-
-            self._rewired = SelectionSource(self.teacher, "importance", self.tokenized["train"], self.collator).get()
-        return self._rewired
 
     def train_set(self, extras: frozenset[str]) -> Any:
         """The distillation's train set: labelled train rows plus unlabelled (``unl``) / augmented (``aug``) rows."""

@@ -11,7 +11,12 @@ from transformers import BertConfig, BertForSequenceClassification
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autodistill_trainer.rewiring import importance_orders, permute_teacher, rewired_teacher  # noqa: E402
+from autodistill_trainer.rewiring import (  # noqa: E402
+    importance_batches,
+    importance_orders,
+    permute_teacher,
+    rewired_teacher,
+)
 from autodistill_trainer.weight_selection import select_teacher_weights  # noqa: E402
 from tests.test_weight_selection import student  # noqa: E402
 
@@ -32,6 +37,10 @@ def batches(n: int = 3) -> list[dict[str, torch.Tensor]]:
         mask[0, 6:] = 0
         out.append({"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(4, dtype=torch.long)})
     return out
+
+
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor([item[k] for item in items]) for k in items[0]}
 
 
 def logits(model, batch) -> torch.Tensor:
@@ -104,12 +113,9 @@ def test_selection_from_the_rewired_teacher_copies_the_most_important_units_head
 def test_importance_batches_spread_over_the_split_and_carry_model_inputs_only():
     from datasets import Dataset
 
-    from autodistill_trainer.rewiring import importance_batches
-
     rows = Dataset.from_dict({"input_ids": [[i + 1, 2, 3] for i in range(100)], "attention_mask": [[1, 1, 1]] * 100,
                               "labels": list(range(100)), "text": ["x"] * 100})
-    batches = list(importance_batches(rows, lambda items: {k: torch.tensor([it[k] for it in items])
-                                                          for k in items[0]}, rows=10, batch_size=4))
+    batches = list(importance_batches(rows, collate, rows=10, batch_size=4))
     firsts = torch.cat([b["input_ids"][:, 0] for b in batches]).tolist()
     assert firsts == [1 + 10 * i for i in range(10)] and [len(b["input_ids"]) for b in batches] == [4, 4, 2]
     assert all(set(b) == {"input_ids", "attention_mask"} for b in batches)
@@ -125,19 +131,10 @@ def test_a_selection_source_rewires_once_for_importance_and_not_at_all_for_leadi
     rows = Dataset.from_dict({"input_ids": torch.cat([b["input_ids"] for b in data]).tolist(),
                               "attention_mask": torch.cat([b["attention_mask"] for b in data]).tolist()})
 
-    def collate(items):
-        return {k: torch.tensor([it[k] for it in items]) for k in items[0]}
-
     assert SelectionSource(t, "leading", rows, collate).get() is t
     source = SelectionSource(t, "importance", rows, collate)
     rewired = source.get()
     assert rewired is not t and source.get() is rewired
-    expected = permute_teacher(teacher(), importance_orders(t, importance_batches_of(rows, collate)))
+    expected = permute_teacher(teacher(), importance_orders(t, importance_batches(rows, collate)))
     for (name, a), b in zip(rewired.state_dict().items(), expected.state_dict().values()):
         assert torch.equal(a, b), name
-
-
-def importance_batches_of(rows, collate):
-    from autodistill_trainer.rewiring import importance_batches
-
-    return importance_batches(rows, collate)
